@@ -1,0 +1,1 @@
+"""Inference kernels: SMC, entropic particle filter, particle MCMC, search baselines."""

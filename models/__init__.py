@@ -1,0 +1,1 @@
+"""Flax NNX language models and PRMs, Hugging Face safetensors loading, batched sampling."""

@@ -1,0 +1,1 @@
+"""ppl: state-space programs in NumPyro for LLM reasoning, run by jitted inference kernels."""
