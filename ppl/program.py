@@ -1,0 +1,158 @@
+"""State-space programs: NumPyro code for ONE particle, run step by step under effect handlers.
+
+A program is ``init(*args) -> state`` and ``step(state, t, *args) -> state``. Running one step
+seeds, traces and (optionally) substitutes values from a proposal program, then reads the
+incremental importance weight off the trace (DESIGN.md, "Semantics that must be exact"):
+
+    increment = sum over latent sample sites of  log p(v) - log q(v)
+              + sum of observed-site and factor log-densities.
+
+``q`` is the proposal program's log-density at the site when a proposal is given; otherwise the
+program's own sampler, so the term is 0, unless the site declares the log-density of the sampler
+that really produced its value in ``infer={"proposal_log_prob": logq}`` (e.g. an LM sampled with
+temperature, recorded as ``dist.Delta(tokens, log_density=logp)``).
+"""
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from numpyro import handlers
+
+Array = jax.Array
+State = Any
+
+__all__ = ["StateSpaceProgram", "StepOutput", "done_flag", "log_weight", "run_traced", "site_log_prob"]
+
+
+class StepOutput(NamedTuple):
+    """One particle's step: new state, incremental log-weight, values of deterministic sites."""
+
+    state: State
+    log_weight: Array
+    deterministic: dict[str, Array]
+
+
+def site_log_prob(site: dict) -> Array:
+    """Summed, scaled log-density of a traced sample site at its value (as NumPyro computes it)."""
+    if site["intermediates"]:
+        lp = site["fn"].log_prob(site["value"], site["intermediates"])
+    else:
+        lp = site["fn"].log_prob(site["value"])
+    if site["scale"] is not None:
+        lp = site["scale"] * lp
+    return jnp.sum(lp)
+
+
+def _sampler_log_prob(site: dict) -> Array:
+    """Log-density of whatever produced a latent site's value: declared, else the site's own."""
+    declared = (site.get("infer") or {}).get("proposal_log_prob")
+    return site_log_prob(site) if declared is None else jnp.sum(declared)
+
+
+def log_weight(model_trace: dict, proposal_trace: dict | None = None) -> Array:
+    """Incremental log-weight of one step from the model's trace and the proposal's (if any)."""
+    proposal_trace = proposal_trace or {}
+    total = jnp.zeros((), jnp.float32)
+    for name, site in model_trace.items():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"]:
+            total = total + site_log_prob(site)
+            continue
+        q_site = proposal_trace.get(name)
+        if q_site is not None and q_site["type"] == "sample" and not q_site["is_observed"]:
+            total = total + site_log_prob(site) - _sampler_log_prob(q_site)
+        elif (site.get("infer") or {}).get("proposal_log_prob") is not None:
+            total = total + site_log_prob(site) - _sampler_log_prob(site)
+    return total
+
+
+def _latent_values(tr: dict) -> dict[str, Array]:
+    return {
+        name: site["value"]
+        for name, site in tr.items()
+        if site["type"] == "sample" and not site["is_observed"]
+    }
+
+
+def run_traced(
+    fn: Callable, proposal_fn: Callable | None, rng_key: Array, *args
+) -> tuple[Any, Array, dict[str, Array]]:
+    """Run ``fn(*args)`` once under seed/substitute/trace/block; return (value, log_weight, dets).
+
+    With ``proposal_fn``, it runs first on its own key and its latent values are substituted
+    into ``fn``. ``block`` keeps the sites from leaking to any handler around the caller
+    (e.g. an outer NumPyro ``MCMC`` using a particle kernel).
+    """
+    model_key, proposal_key = jax.random.split(rng_key)
+    proposal_trace = None
+    with handlers.block():
+        if proposal_fn is not None:
+            proposal_trace = handlers.trace(handlers.seed(proposal_fn, proposal_key)).get_trace(*args)
+            fn = handlers.substitute(fn, data=_latent_values(proposal_trace))
+        tracer = handlers.trace(handlers.seed(fn, model_key))
+        value = tracer(*args)
+    model_trace = tracer.trace
+    dets = {n: s["value"] for n, s in model_trace.items() if s["type"] == "deterministic"}
+    return value, log_weight(model_trace, proposal_trace), dets
+
+
+def done_flag(state: State) -> Array | None:
+    """The particle's ``done`` flag: ``state["done"]`` or ``state.done``; None if it has none."""
+    flag = state.get("done") if isinstance(state, Mapping) else getattr(state, "done", None)
+    return None if flag is None else jnp.asarray(flag, bool)
+
+
+class StateSpaceProgram:
+    """A state-space model for one particle: ``init(*args)`` then ``num_steps`` of ``step``.
+
+    ``proposal`` (optional) is an object with ``init``/``step`` attributes or a pair
+    ``(init, step)`` with the model's signatures (either may be None: the model proposes there);
+    its latent sample values replace the model's at sites of the same name, as in Pyro's
+    SMCFilter guide.
+    """
+
+    def __init__(
+        self,
+        init: Callable[..., State],
+        step: Callable[..., State],
+        num_steps: int,
+        proposal: Any = None,
+    ):
+        self.init = init
+        self.step = step
+        self.num_steps = int(num_steps)
+        if proposal is None:
+            proposal = (None, None)
+        elif not isinstance(proposal, tuple | list):
+            proposal = (proposal.init, proposal.step)
+        self.proposal_init, self.proposal_step = proposal
+
+    def initialize(self, rng_key: Array, *args) -> tuple[State, Array]:
+        """One particle's initial state and its initial log-weight (init's factors, p/q terms)."""
+        state, logw, _ = run_traced(self.init, self.proposal_init, rng_key, *args)
+        return state, logw
+
+    def propagate_traced(self, rng_key: Array, state: State, t: Array, *args) -> StepOutput:
+        """One particle's step ``t``; a done particle keeps its state and gets increment 0."""
+        new_state, logw, dets = run_traced(self.step, self.proposal_step, rng_key, state, t, *args)
+        done = done_flag(state)
+        if done is None:
+            return StepOutput(new_state, logw, dets)
+        new_state = jax.tree.map(lambda old, new: jnp.where(done, old, new), state, new_state)
+        return StepOutput(new_state, jnp.where(done, 0.0, logw), dets)
+
+    def propagate(self, rng_key: Array, state: State, t: Array, *args) -> tuple[State, Array]:
+        """One particle's step ``t`` -> (new_state, log_weight_increment)."""
+        out = self.propagate_traced(rng_key, state, t, *args)
+        return out.state, out.log_weight
+
+    def initialize_batch(self, rng_keys: Array, *args) -> tuple[State, Array]:
+        """``initialize`` vmapped over keys [N]; ``args`` are shared by all particles."""
+        return jax.vmap(lambda k: self.initialize(k, *args))(rng_keys)
+
+    def propagate_batch(self, rng_keys: Array, states: State, t: Array, *args) -> StepOutput:
+        """``propagate_traced`` vmapped over keys [N] and states (leading axis N)."""
+        return jax.vmap(lambda k, s: self.propagate_traced(k, s, t, *args))(rng_keys, states)
