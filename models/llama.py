@@ -1,0 +1,257 @@
+"""A Llama-family decoder in Flax NNX: Llama 2/3, Mistral, Qwen2/2.5 and Qwen3.
+
+The families differ only by `Config` flags: QKV bias (Qwen2), q/k RMSNorm
+(Qwen3), llama3 RoPE scaling, a sliding window (Mistral), tied embeddings.
+Module and parameter names mirror Hugging Face's, so loading a checkpoint
+is a rename-free copy (`models.loading`).
+
+Decoding uses a static-size KV cache whose slots remember the RoPE position
+of the token they hold (-1 for an empty slot). Attention masks follow from
+those positions alone, so rows of different lengths, left or right padding,
+and particles that stopped early all share one code path: `extend` writes a
+chunk's valid tokens compactly after each row's last slot and attends to
+everything valid at an earlier or equal position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+MASK_VALUE = -1e30  # finite, so a query with nothing to attend to gives no NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Architecture hyper-parameters; every family is a set of these flags."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # llama3 scaling as (factor, low_freq_factor, high_freq_factor, original_max_positions)
+    rope_llama3: tuple[float, float, float, int] | None = None
+    attention_bias: bool = False  # Qwen2/2.5: bias on q, k, v projections
+    qk_norm: bool = False  # Qwen3: RMSNorm on each head of q and k
+    sliding_window: int | None = None  # Mistral
+    tie_embeddings: bool = False
+    max_position_embeddings: int = 4096
+
+
+class KVCache(NamedTuple):
+    """Static-size cache. `positions[b, s]` is the RoPE position held by slot s (-1: empty)."""
+
+    k: jax.Array  # [layers, batch, capacity, kv_heads, head_dim]
+    v: jax.Array
+    positions: jax.Array  # [batch, capacity] int32
+    length: jax.Array  # [batch] int32: slots used, where the next token goes
+
+    @property
+    def capacity(self) -> int:
+        return self.positions.shape[1]
+
+    def next_position(self) -> jax.Array:
+        """RoPE position the next token of each row will take."""
+        return jnp.max(self.positions, axis=1) + 1
+
+
+def rope_inverse_frequencies(config: Config) -> jax.Array:
+    """Inverse frequencies of RoPE, with llama3's frequency-dependent scaling if configured."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    if config.rope_llama3 is None:
+        return inv_freq
+    factor, low_freq_factor, high_freq_factor, original_max = config.rope_llama3
+    low_freq_wavelen = original_max / low_freq_factor
+    high_freq_wavelen = original_max / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (original_max / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return jnp.where(is_medium, smoothed, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate `x` [B, T, H, D] by `positions` [B, T] (Hugging Face's rotate-half layout)."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, D/2]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x * cos + rotated * sin).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, dtype: Any):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...] * x32.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: Config, dtype: Any, rngs: nnx.Rngs):
+        c = config
+        linear = lambda i, o, bias: nnx.Linear(i, o, use_bias=bias, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.q_proj = linear(c.hidden_size, c.num_heads * c.head_dim, c.attention_bias)
+        self.k_proj = linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.attention_bias)
+        self.v_proj = linear(c.hidden_size, c.num_kv_heads * c.head_dim, c.attention_bias)
+        self.o_proj = linear(c.num_heads * c.head_dim, c.hidden_size, False)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dtype)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dtype)
+        self.config = config
+
+    def __call__(self, x, positions, k_cache, v_cache, dest, key_positions, inv_freq):
+        """Attend from the chunk `x` [B, T, C] to the cache after writing the chunk into it.
+
+        `dest` [B, T] is each token's cache slot (out of range for padding: dropped);
+        `key_positions` [B, S] the slots' positions after the write.
+        """
+        c = self.config
+        batch, length, _ = x.shape
+        q = self.q_proj(x).reshape(batch, length, c.num_heads, c.head_dim)
+        k = self.k_proj(x).reshape(batch, length, c.num_kv_heads, c.head_dim)
+        v = self.v_proj(x).reshape(batch, length, c.num_kv_heads, c.head_dim)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        rows = jnp.arange(batch)[:, None]
+        k_cache = k_cache.at[rows, dest].set(k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[rows, dest].set(v.astype(v_cache.dtype), mode="drop")
+
+        groups = c.num_heads // c.num_kv_heads
+        q = q.reshape(batch, length, c.num_kv_heads, groups, c.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k_cache, preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(c.head_dim)
+        visible = (key_positions[:, None, :] >= 0) & (key_positions[:, None, :] <= positions[:, :, None])
+        if c.sliding_window is not None:
+            visible &= key_positions[:, None, :] > positions[:, :, None] - c.sliding_window
+        scores = jnp.where(visible[:, None, None], scores, MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache)
+        return self.o_proj(out.reshape(batch, length, -1)), k_cache, v_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: Config, dtype: Any, rngs: nnx.Rngs):
+        linear = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.gate_proj = linear(config.hidden_size, config.intermediate_size)
+        self.up_proj = linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = linear(config.intermediate_size, config.hidden_size)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: Config, dtype: Any, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = Attention(config, dtype, rngs)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = MLP(config, dtype, rngs)
+
+    def __call__(self, x, positions, k_cache, v_cache, dest, key_positions, inv_freq):
+        attn, k_cache, v_cache = self.self_attn(
+            self.input_layernorm(x), positions, k_cache, v_cache, dest, key_positions, inv_freq
+        )
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), k_cache, v_cache
+
+
+class Llama(nnx.Module):
+    """Decoder-only transformer. `lm(input_ids)` gives logits [B, T, V]."""
+
+    def __init__(self, config: Config, *, dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        self.config = config
+        self.dtype = dtype
+        self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(config, dtype, rngs) for _ in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        if not config.tie_embeddings:
+            self.lm_head = nnx.Linear(
+                config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype, param_dtype=dtype, rngs=rngs
+            )
+
+    def init_cache(self, batch_size: int, capacity: int) -> KVCache:
+        c = self.config
+        shape = (c.num_layers, batch_size, capacity, c.num_kv_heads, c.head_dim)
+        return KVCache(
+            k=jnp.zeros(shape, self.dtype),
+            v=jnp.zeros(shape, self.dtype),
+            positions=jnp.full((batch_size, capacity), -1, jnp.int32),
+            length=jnp.zeros((batch_size,), jnp.int32),
+        )
+
+    def hidden_states(
+        self, tokens: jax.Array, cache: KVCache, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, KVCache]:
+        """Append `tokens` [B, T] (where `mask` is True) to `cache`; final-norm hidden states [B, T, C].
+
+        Valid tokens of a row are stored contiguously after the row's last slot and
+        take consecutive positions, whatever the padding pattern of the chunk.
+        """
+        if mask is None:
+            mask = jnp.ones(tokens.shape, bool)
+        offset = jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
+        positions = jnp.where(mask, cache.next_position()[:, None] + offset, -1)
+        dest = jnp.where(mask, cache.length[:, None] + offset, cache.capacity)  # padding: dropped
+        rows = jnp.arange(tokens.shape[0])[:, None]
+        key_positions = cache.positions.at[rows, dest].set(positions, mode="drop")
+        inv_freq = rope_inverse_frequencies(self.config)
+
+        x = self.embed_tokens(jnp.where(mask, tokens, 0))
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            x, k, v = layer(x, positions, cache.k[i], cache.v[i], dest, key_positions, inv_freq)
+            new_k.append(k)
+            new_v.append(v)
+        cache = KVCache(
+            k=jnp.stack(new_k),
+            v=jnp.stack(new_v),
+            positions=key_positions,
+            length=cache.length + jnp.sum(mask, axis=1, dtype=jnp.int32),
+        )
+        return self.norm(x), cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Project hidden states to vocabulary logits (float32)."""
+        if self.config.tie_embeddings:
+            out = self.embed_tokens.attend(hidden)
+        else:
+            out = self.lm_head(hidden)
+        return out.astype(jnp.float32)
+
+    def extend(
+        self, tokens: jax.Array, cache: KVCache, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, KVCache]:
+        """Cached forward of a chunk: (logits [B, T, V], updated cache)."""
+        hidden, cache = self.hidden_states(tokens, cache, mask)
+        return self.logits(hidden), cache
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """Uncached forward: logits [B, T, V]; padding (mask False) may sit anywhere."""
+        batch, length = input_ids.shape
+        mask = None if attention_mask is None else attention_mask.astype(bool)
+        logits, _ = self.extend(input_ids, self.init_cache(batch, length), mask)
+        return logits
+
+
+def num_parameters(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
