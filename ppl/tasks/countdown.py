@@ -12,8 +12,8 @@ Text the LM is trained on (one step per line, "\\n" ends a step, the
 tokenizer's EOS follows the third step; there is no answer line because the
 last step already states the result):
 
-    prompt:  "countdown 3 7 12 25 -> 44\\n"
-    trace:   "7*3=21\\n21+25=46\\n46-2=44\\n"   then <eos>
+    prompt:  "countdown 3 7 12 25 -> 34\\n"
+    trace:   "7*3=21\\n25+21=46\\n46-12=34\\n"   then <eos>
 
 A step is written `a+b=c`, `a-b=c`, `a*b=c` or `a/b=c`: decimal integers
 without signs, spaces or leading zeros. Generated solutions put the larger
@@ -201,7 +201,7 @@ def step_labels(problem: Problem, steps: Sequence[str]) -> list[int]:
 
 
 def prompt(problem: Problem) -> str:
-    """The prompt text: `countdown 3 7 12 25 -> 44` and a newline."""
+    """The prompt text: `countdown 3 7 12 25 -> 34` and a newline."""
     return f"countdown {' '.join(map(str, problem.numbers))} -> {problem.target}\n"
 
 
