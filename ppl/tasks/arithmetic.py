@@ -42,7 +42,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ppl.errors import InputError
-from ppl.tasks.countdown import Step, parse_step
+from ppl.tasks.countdown import Step, miswrite, parse_step
 
 NUM_OPS = (3, 4)
 LEAF_RANGE = (2, 30)
@@ -254,27 +254,17 @@ def generate(rng: np.random.Generator | int | None, n: int) -> list[str]:
     return exprs
 
 
-def _miswrite(value: int, rng: np.random.Generator) -> int:
-    """A plausible wrong copy of `value`: one digit changed (multi-digit, half the time) or off by one."""
-    digits = str(value)
-    if len(digits) > 1 and rng.random() < 0.5:
-        i = int(rng.integers(len(digits)))
-        choices = [d for d in "0123456789" if d != digits[i] and not (i == 0 and d == "0")]
-        return int(digits[:i] + str(rng.choice(choices)) + digits[i + 1 :])
-    return value + 1 if value == 0 or rng.random() < 0.5 else value - 1
-
-
 def _slip(step: Step, rng: np.random.Generator) -> Step:
     """One realistic slip: a wrong result, swapped operands of - or /, or a miscopied operand."""
     kind = rng.choice(["result", "order", "operand"], p=[0.6, 0.2, 0.2])
     if kind == "order" and step.op in "-/" and step.a != step.b:
         return step._replace(a=step.b, b=step.a)
     if kind == "operand":
-        a = _miswrite(step.a, rng)
+        a = miswrite(step.a, rng)
         c = combine(a, step.op, step.b)
         if c is not None:
             return Step(a, step.op, step.b, c)
-    return step._replace(c=_miswrite(step.c, rng))
+    return step._replace(c=miswrite(step.c, rng))
 
 
 def corrupted_trace(expr: str | Node, rng: np.random.Generator | int | None, p_clean: float = 0.2) -> list[str]:
@@ -302,7 +292,7 @@ def corrupted_trace(expr: str | Node, rng: np.random.Generator | int | None, p_c
             lines = [s.text for s in steps] + [f"answer {steps[-1].c}"]
             if not all(step_labels(tree, lines)):
                 return lines
-    return [s.text for s in clean] + [f"answer {_miswrite(value, rng)}"]
+    return [s.text for s in clean] + [f"answer {miswrite(value, rng)}"]
 
 
 def _problem_from_json(line: str) -> str:

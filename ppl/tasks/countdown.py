@@ -226,17 +226,14 @@ def generate(rng: np.random.Generator | int | None, n: int) -> list[Problem]:
     return problems
 
 
-def _slip(step: Step, rng: np.random.Generator) -> Step:
-    """The step with a wrong result: off by one or two, or one digit miswritten."""
-    c = step.c
-    digits = str(c)
+def miswrite(value: int, rng: np.random.Generator) -> int:
+    """A plausible wrong copy of `value`: one digit changed (multi-digit, half the time) or off by one."""
+    digits = str(value)
     if len(digits) > 1 and rng.random() < 0.5:
         i = int(rng.integers(len(digits)))
         choices = [d for d in "0123456789" if d != digits[i] and not (i == 0 and d == "0")]
-        wrong = int(digits[:i] + str(rng.choice(choices)) + digits[i + 1 :])
-    else:
-        wrong = c + int(rng.choice([-2, -1, 1, 2]))
-    return step._replace(c=wrong if wrong > 0 and wrong != c else c + 1)
+        return int(digits[:i] + str(rng.choice(choices)) + digits[i + 1 :])
+    return value + 1 if value == 0 or rng.random() < 0.5 else value - 1
 
 
 def _illegal(pool: Sequence[int], rng: np.random.Generator) -> Step:
@@ -283,7 +280,8 @@ def corrupted_trace(
         good = [s for s in legal if solvable(apply_step(pool, s), problem.target)]
         u = rng.random()
         if u < p_slip:
-            step = _slip(legal[int(rng.integers(len(legal)))], rng)
+            slipped = legal[int(rng.integers(len(legal)))]
+            step = slipped._replace(c=miswrite(slipped.c, rng) or slipped.c + 1)  # stays positive
         elif u < p_slip + p_illegal:
             step = _illegal(pool, rng)
         elif u < p_slip + p_illegal + p_wrong or not good:
