@@ -237,7 +237,7 @@ def miswrite(value: int, rng: np.random.Generator) -> int:
 
 
 def _illegal(pool: Sequence[int], rng: np.random.Generator) -> Step:
-    """A step with correct arithmetic whose second number is not available in the pool."""
+    """A step with correct arithmetic but one operand not available in the pool (or used twice)."""
     keep = int(rng.choice(pool))
     rest = list(pool)
     rest.remove(keep)
