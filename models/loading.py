@@ -176,12 +176,12 @@ def assign_weights(
         value = tensors[name]
         if transposed:
             value = value.T
-        if value.shape != variable.value.shape:
-            expected = variable.value.shape[::-1] if transposed else variable.value.shape
+        if value.shape != variable.get_value().shape:
+            expected = variable.get_value().shape[::-1] if transposed else variable.get_value().shape
             raise CheckpointError(
                 f"tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {tuple(expected)}"
             )
-        variable.value = jnp.asarray(value, dtype)
+        variable.set_value(jnp.asarray(value, dtype))
         used.add(name)
     nnx.update(model, state)
     return used
