@@ -109,7 +109,7 @@ def config_from_hf(hf: Any) -> Config:
 
 
 def safetensors_files(path: str | os.PathLike) -> list[Path]:
-    """The checkpoint's weight files: the sharded index's shards, or every `*.safetensors`."""
+    """The checkpoint's weight files: the sharded index's shards, `model.safetensors`, or every `*.safetensors`."""
     path = _directory(path)
     index = path / "model.safetensors.index.json"
     if index.is_file():
@@ -122,6 +122,8 @@ def safetensors_files(path: str | os.PathLike) -> list[Path]:
         if missing:
             raise CheckpointError(f"{index} names shard(s) that are missing: {', '.join(missing)}")
         return files
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
     files = sorted(path.glob("*.safetensors"))
     if files:
         return files

@@ -1,0 +1,125 @@
+"""Our Flax models against transformers' PyTorch outputs (golden files), and loading errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import models
+from models.sampling import SamplingParams, generate, stop_table_from_bytes
+
+CHECKPOINTS = Path(__file__).parent / "fixtures" / "checkpoints"
+FAMILIES = ["llama", "llama_sharded", "llama3", "llama3_legacy", "qwen2", "qwen3", "mistral"]
+
+forward = jax.jit(lambda lm, ids, mask=None: lm(ids, mask))
+
+
+def golden(name):
+    return load_file(CHECKPOINTS / name / "golden.safetensors")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_logits_match_transformers(name):
+    lm, tokenizer = models.load(CHECKPOINTS / name)
+    g = golden(name)
+    np.testing.assert_allclose(forward(lm, jnp.asarray(g["input_ids"])), g["logits"], atol=1e-4)
+    # Left padding: real positions match transformers' generate() position ids.
+    mask = g["padded_attention_mask"].astype(bool)
+    padded = forward(lm, jnp.asarray(g["padded_input_ids"]), jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(padded)[mask], g["padded_logits"][mask], atol=1e-4)
+    assert tokenizer.pad_token_id == 0
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3", "mistral", "llama3"])
+def test_greedy_decoding_matches_transformers_generate(name):
+    lm, _ = models.load(CHECKPOINTS / name)
+    g = golden(name)
+    prompt = jnp.asarray(g["greedy_prompt"])
+    new = g["greedy_tokens"].shape[1] - prompt.shape[1]
+    stops = stop_table_from_bytes([b"?"] * lm.config.vocab_size)  # no EOS, no stop string
+    run = jax.jit(generate, static_argnums=4)
+    result = run(lm, jax.random.key(0), prompt, None, SamplingParams(temperature=0.0, max_tokens=new), stops)
+    np.testing.assert_array_equal(np.asarray(result.tokens), g["greedy_tokens"][:, prompt.shape[1]:])
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_bfloat16_close_to_transformers_bfloat16(name):
+    lm, _ = models.load(CHECKPOINTS / name, dtype="bfloat16")
+    assert lm.embed_tokens.embedding.get_value().dtype == jnp.bfloat16
+    g = golden(name)
+    ours = np.asarray(forward(lm, jnp.asarray(g["input_ids"])))
+    spread = np.ptp(g["logits"])
+    assert np.max(np.abs(ours - g["logits_bf16"])) < 0.05 * spread
+
+
+def copy_checkpoint(tmp_path, name="llama"):
+    target = tmp_path / name
+    shutil.copytree(CHECKPOINTS / name, target)
+    (target / "golden.safetensors").unlink()
+    return target
+
+
+def test_missing_directory_and_files(tmp_path):
+    with pytest.raises(models.CheckpointError, match="does not exist"):
+        models.load(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(models.CheckpointError, match="no config.json"):
+        models.load(tmp_path / "empty")
+    path = copy_checkpoint(tmp_path)
+    (path / "model.safetensors").unlink()
+    with pytest.raises(models.CheckpointError, match="no \\*.safetensors"):
+        models.load(path)
+
+
+def test_pickle_only_checkpoint_is_refused_with_reason(tmp_path):
+    path = copy_checkpoint(tmp_path)
+    (path / "model.safetensors").rename(path / "pytorch_model.bin")
+    with pytest.raises(models.UnsafeCheckpointError, match="execute arbitrary code"):
+        models.load(path)
+
+
+def test_unsupported_model_type(tmp_path):
+    path = copy_checkpoint(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    config["model_type"] = "gpt2"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(models.UnsupportedModelError, match="'gpt2'"):
+        models.load(path)
+
+
+def test_tensor_name_and_shape_mismatch_name_the_tensor(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = copy_checkpoint(tmp_path)
+    tensors = load_file(path / "model.safetensors")
+    renamed = dict(tensors)
+    renamed["model.layers.1.mlp.up_proj.weigth"] = renamed.pop("model.layers.1.mlp.up_proj.weight")
+    save_file(renamed, path / "model.safetensors")
+    with pytest.raises(models.CheckpointError, match="model.layers.1.mlp.up_proj.weight"):
+        models.load(path)
+    reshaped = dict(tensors)
+    reshaped["model.norm.weight"] = np.ones(7, np.float32)
+    save_file(reshaped, path / "model.safetensors")
+    with pytest.raises(models.CheckpointError, match="'model.norm.weight' has shape \\(7,\\)"):
+        models.load(path)
+
+
+def test_truncated_safetensors(tmp_path):
+    path = copy_checkpoint(tmp_path)
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(models.CheckpointError, match="truncated or corrupt"):
+        models.load(path)
+
+
+def test_sharded_index_naming_a_missing_shard(tmp_path):
+    path = copy_checkpoint(tmp_path, "llama_sharded")
+    shard = sorted(path.glob("model-*.safetensors"))[0]
+    shard.unlink()
+    with pytest.raises(models.CheckpointError, match=shard.name):
+        models.load(path)
