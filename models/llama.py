@@ -178,14 +178,16 @@ class DecoderLayer(nnx.Module):
 class Llama(nnx.Module):
     """Decoder-only transformer. `lm(input_ids)` gives logits [B, T, V]."""
 
-    def __init__(self, config: Config, *, dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None):
+    def __init__(
+        self, config: Config, *, dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None, lm_head: bool = True
+    ):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config = config
         self.dtype = dtype
         self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=dtype, rngs=rngs)
         self.layers = nnx.List([DecoderLayer(config, dtype, rngs) for _ in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        if not config.tie_embeddings:
+        if lm_head and not config.tie_embeddings:
             self.lm_head = nnx.Linear(
                 config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype, param_dtype=dtype, rngs=rngs
             )

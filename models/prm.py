@@ -1,0 +1,228 @@
+"""Process reward models (PRMs): a score in (0, 1) for each reasoning step.
+
+Three Hugging Face conventions, one interface:
+
+* `token`: a causal LM judges the step at a step-tag token; reward = P(good) among
+  the two tokens {good, bad} (Math-Shepherd: tag "ки", good "+", bad "-"; our
+  shipped PRM: the step's own "\\n" is the tag).
+* `classifier`: a 2-way head at the step separator, reward = softmax[..., 1]
+  (Qwen2.5-Math-PRM: `score` = Linear, ReLU, Linear; separator "<extra_0>").
+* `value`: a linear head, reward = sigmoid (token-classification with one label).
+
+A PRM scores incrementally: it keeps its own KV cache per particle (resampled
+with the particle) and reads only the new step, appending the step tag when the
+convention asks for one. `VerifierPRM` wraps any jittable checker instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.llama import KVCache, Llama
+from models.loading import (
+    LM_PREFIX,
+    CheckpointError,
+    UnsupportedModelError,
+    assign_weights,
+    config_from_hf,
+    iter_tensors,
+    load_tokenizer,
+    read_hf_config,
+)
+
+AGGREGATIONS = ("last", "min", "prod", "model")
+
+
+class ReLU(nnx.Module):
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.relu(x)
+
+
+class PRM(nnx.Module):
+    """A backbone plus a reward read-out at the step tag of each step."""
+
+    def __init__(
+        self,
+        backbone: Llama,
+        kind: str,
+        step_tag_id: int | None,
+        good_id: int | None = None,
+        bad_id: int | None = None,
+        score: nnx.Module | None = None,
+    ):
+        if kind not in ("token", "classifier", "value"):
+            raise ValueError(f"unknown PRM kind {kind!r}")
+        self.model = backbone
+        self.kind = kind
+        self.step_tag_id = step_tag_id
+        self.good_id, self.bad_id = good_id, bad_id
+        if score is not None:
+            self.score = score
+
+    def rewards_from_hidden(self, hidden: jax.Array) -> jax.Array:
+        """Reward in (0, 1) for each final-norm hidden state [..., C]."""
+        if self.kind == "token":
+            logits = self.model.logits(hidden)
+            pair = jnp.stack([logits[..., self.good_id], logits[..., self.bad_id]], axis=-1)
+            return jax.nn.softmax(pair, axis=-1)[..., 0]
+        out = hidden
+        for layer in self.score if self.kind == "classifier" else [self.score]:
+            out = layer(out)
+        out = out.astype(jnp.float32)
+        if self.kind == "classifier":
+            return jax.nn.softmax(out, axis=-1)[..., 1]
+        return jax.nn.sigmoid(out[..., 0])
+
+    def rewards(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """Uncached: the reward read-out at every position [B, T] (meaningful at step tags)."""
+        batch, length = input_ids.shape
+        mask = None if attention_mask is None else attention_mask.astype(bool)
+        hidden, _ = self.model.hidden_states(input_ids, self.model.init_cache(batch, length), mask)
+        return self.rewards_from_hidden(hidden)
+
+    def start(self, tokens: jax.Array, mask: jax.Array | None, capacity: int) -> KVCache:
+        """Prefill the prompt into a fresh PRM cache of `capacity` slots."""
+        _, cache = self.model.hidden_states(tokens, self.model.init_cache(tokens.shape[0], capacity), mask)
+        return cache
+
+    def score_step(
+        self, cache: KVCache, tokens: jax.Array, mask: jax.Array, keep_tag: bool = True
+    ) -> tuple[jax.Array, KVCache]:
+        """Read one new step [B, T] (valid where `mask`, padding at the end) -> (reward [B], cache).
+
+        The step tag (if the convention has one) is appended after the step's tokens;
+        with `keep_tag=False` it is scored but not kept in the context (the "model"
+        aggregation: the trace is judged as if it were one step). Rows whose mask is
+        all False keep their cache unchanged (their reward is meaningless).
+        """
+        batch = tokens.shape[0]
+        count = jnp.sum(mask, axis=1)
+        if self.step_tag_id is not None:
+            tokens = jnp.concatenate([tokens, jnp.zeros((batch, 1), tokens.dtype)], axis=1)
+            mask = jnp.concatenate([mask, jnp.zeros((batch, 1), bool)], axis=1)
+            tag_at = (jnp.arange(tokens.shape[1])[None, :] == count[:, None]) & (count > 0)[:, None]
+            tokens = jnp.where(tag_at, self.step_tag_id, tokens)
+            if keep_tag:
+                mask = mask | tag_at
+                count = count + (count > 0)
+            else:
+                hidden, kept = self.model.hidden_states(tokens, cache, mask)
+                tag_hidden, _ = self.model.hidden_states(tokens, cache, mask | tag_at)
+                last = jnp.maximum(count, 0)
+                reward = self.rewards_from_hidden(jnp.take_along_axis(tag_hidden, last[:, None, None], axis=1)[:, 0])
+                return reward, kept
+        hidden, cache = self.model.hidden_states(tokens, cache, mask)
+        last = jnp.maximum(count - 1, 0)
+        return self.rewards_from_hidden(jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]), cache
+
+
+class VerifierPRM:
+    """A programmatic checker used as a PRM: any jittable `check(step_tokens, mask, context) -> reward`.
+
+    `context` is whatever task data the checker needs (e.g. the Countdown pool),
+    carried in the particle's state by the caller.
+    """
+
+    def __init__(self, check: Callable[..., jax.Array]):
+        self.check = check
+
+    def __call__(self, tokens: jax.Array, mask: jax.Array, context: Any) -> jax.Array:
+        return self.check(tokens, mask, context)
+
+
+def aggregate(rewards: jax.Array, valid: jax.Array, how: str = "last") -> jax.Array:
+    """Combine per-step rewards [..., S] (valid where `valid`) into one score per trace.
+
+    `last`: the final valid step's reward (also what `model` aggregation reads, since
+    its PRM scored the trace as a single step); `min`; `prod`.
+    """
+    if how not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
+    if how in ("last", "model"):
+        index = jnp.maximum(jnp.sum(valid, axis=-1) - 1, 0)
+        return jnp.take_along_axis(rewards, index[..., None], axis=-1)[..., 0]
+    if how == "min":
+        return jnp.min(jnp.where(valid, rewards, 1.0), axis=-1)
+    return jnp.exp(jnp.sum(jnp.where(valid, jnp.log(jnp.clip(rewards, 1e-30, 1.0)), 0.0), axis=-1))
+
+
+def _token_id(tokenizer: Any, text: str) -> int:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        raise CheckpointError(f"PRM token {text!r} must be a single token, the tokenizer gives {ids}")
+    return ids[0]
+
+
+def load_prm(
+    path: str | os.PathLike,
+    dtype: Any = jnp.float32,
+    *,
+    step_tag: str | None = None,
+    good_token: str | None = None,
+    bad_token: str | None = None,
+) -> tuple[PRM, Any]:
+    """Load a PRM checkpoint directory: `(prm, tokenizer)`.
+
+    The convention is read from config.json: keys `prm_type`/`step_tag`/`good_token`/
+    `bad_token` (our shipped PRMs), `architectures` naming a `ProcessRewardModel`
+    (classifier head; tag defaults to "<extra_0>") or `TokenClassification` (value
+    head), else a causal LM in the Math-Shepherd convention (tag "ки", "+", "-").
+    Keyword arguments override the tags and tokens.
+    """
+    dtype = jnp.dtype(dtype)
+    hf = read_hf_config(path)
+    raw = json.loads((Path(path) / "config.json").read_text())
+    architectures = " ".join(raw.get("architectures") or [])
+    kind = raw.get("prm_type") or (
+        "classifier" if "ProcessRewardModel" in architectures
+        else "value" if "TokenClassification" in architectures
+        else "token"
+    )
+    config = config_from_hf(hf)
+    tokenizer = load_tokenizer(path)
+    tensors = dict(iter_tensors(path))
+    defaults = {"token": "ки", "classifier": "<extra_0>", "value": None}
+    tag_text = step_tag if step_tag is not None else raw.get("step_tag", defaults.get(kind))
+    tag_id = None if tag_text in (None, "") else _token_id(tokenizer, tag_text)
+    if kind == "token":
+        backbone = nnx.eval_shape(lambda: Llama(config, dtype=dtype, rngs=nnx.Rngs(0)))
+        assign_weights(backbone, tensors, LM_PREFIX, dtype)
+        good = _token_id(tokenizer, good_token or raw.get("good_token", "+"))
+        bad = _token_id(tokenizer, bad_token or raw.get("bad_token", "-"))
+        return PRM(backbone, kind, tag_id, good, bad), tokenizer
+    if kind not in ("classifier", "value"):
+        raise UnsupportedModelError(f"unknown prm_type {kind!r} in {path}/config.json")
+    score = _head(kind, config.hidden_size, tensors, dtype)
+    backbone = nnx.eval_shape(lambda: Llama(config, dtype=dtype, rngs=nnx.Rngs(0), lm_head=False))
+    assign_weights(backbone, tensors, LM_PREFIX, dtype)
+    prefix = {"0": "score.", "2": "score."} if kind == "classifier" else {"kernel": "score", "bias": "score"}
+    assign_weights(score, tensors, prefix, dtype)
+    return PRM(backbone, kind, tag_id, score=score), tokenizer
+
+
+def _head(kind: str, hidden: int, tensors: dict, dtype: Any) -> nnx.Module:
+    """An uninitialised head shaped like the checkpoint's `score.*` tensors."""
+    bias = lambda name: name in tensors
+    if kind == "classifier":
+        for name in ("score.0.weight", "score.2.weight"):
+            if name not in tensors:
+                raise CheckpointError(f"checkpoint is missing tensor {name!r}")
+        mid, out = tensors["score.0.weight"].shape[0], tensors["score.2.weight"].shape[0]
+        return nnx.eval_shape(lambda: nnx.List([
+            nnx.Linear(hidden, mid, use_bias=bias("score.0.bias"), dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)),
+            ReLU(),
+            nnx.Linear(mid, out, use_bias=bias("score.2.bias"), dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)),
+        ]))
+    if "score.weight" not in tensors:
+        raise CheckpointError("checkpoint is missing tensor 'score.weight'")
+    return nnx.eval_shape(
+        lambda: nnx.Linear(hidden, 1, use_bias=bias("score.bias"), dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))
+    )

@@ -1,0 +1,64 @@
+"""PRMs of the three conventions against transformers' PyTorch outputs, scored whole and incrementally."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from models.prm import aggregate, load_prm
+
+CHECKPOINTS = Path(__file__).parent / "fixtures" / "checkpoints"
+
+
+def golden(name):
+    return load_file(CHECKPOINTS / name / "golden.safetensors")
+
+
+@pytest.mark.parametrize("name", ["prm_token", "prm_classifier"])
+def test_step_rewards_match_transformers_whole_and_incremental(name):
+    prm, _ = load_prm(CHECKPOINTS / name)
+    g = golden(name)
+    ids = jnp.asarray(g["prm_input_ids"])
+    positions = g["prm_step_positions"]
+    assert prm.step_tag_id == int(g["prm_step_tag_id"][0])
+    whole = jax.jit(lambda p, x: p.rewards(x))(prm, ids)
+    np.testing.assert_allclose(np.asarray(whole)[0, positions], g["prm_step_probs"], atol=1e-5)
+
+    # Incrementally: a prompt, then each step without its tag (score_step appends it).
+    row = np.asarray(ids[0])
+    prompt_end = 4
+    cache = jax.jit(lambda p, t: p.start(t, None, 64))(prm, jnp.asarray(row[None, :prompt_end]))
+    score = jax.jit(lambda p, c, t, m: p.score_step(c, t, m))
+    starts = [prompt_end] + [int(p) + 1 for p in positions[:-1]]
+    got = []
+    for start, tag in zip(starts, positions, strict=True):
+        step = np.zeros((1, 24), np.int32)
+        step[0, : tag - start] = row[start:tag]
+        mask = np.arange(24)[None] < tag - start
+        reward, cache = score(prm, cache, jnp.asarray(step), jnp.asarray(mask))
+        got.append(float(reward[0]))
+    np.testing.assert_allclose(got, g["prm_step_probs"], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["prm_classifier", "prm_value"])
+def test_head_outputs_match_transformers(name):
+    prm, _ = load_prm(CHECKPOINTS / name)
+    g = golden(name)
+    rewards = jax.jit(lambda p, x: p.rewards(x))(prm, jnp.asarray(g["input_ids"]))
+    logits = g["score_logits"]
+    expected = jax.nn.softmax(logits, -1)[..., 1] if prm.kind == "classifier" else jax.nn.sigmoid(logits[..., 0])
+    np.testing.assert_allclose(rewards, expected, atol=1e-5)
+    assert prm.kind == ("classifier" if name == "prm_classifier" else "value")
+
+
+def test_aggregations():
+    rewards = jnp.array([[0.9, 0.5, 0.8, 0.1]])
+    valid = jnp.array([[True, True, True, False]])
+    assert float(aggregate(rewards, valid, "last")[0]) == pytest.approx(0.8)
+    assert float(aggregate(rewards, valid, "min")[0]) == pytest.approx(0.5)
+    assert float(aggregate(rewards, valid, "prod")[0]) == pytest.approx(0.9 * 0.5 * 0.8)
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregate(rewards, valid, "mean")
