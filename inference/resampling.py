@@ -71,8 +71,9 @@ def residual(key: Array, log_weights: Array, num_samples: int) -> Array:
     """floor(M W_i) copies of particle i, the remaining slots multinomial on the residuals."""
     weights = normalize(log_weights)
     scaled = num_samples * weights
-    copies = jnp.floor(scaled).astype(jnp.int32)
-    rest = scaled - copies
+    # A hair above 1 so that M W_i a rounding error below an integer k still gets its k copies.
+    copies = jnp.floor(scaled * (1 + 4 * jnp.finfo(scaled.dtype).eps)).astype(jnp.int32)
+    rest = jnp.maximum(scaled - copies, 0.0)
     # All residuals zero (every M W_i integral) leaves no slot to fill; draw from W to stay safe.
     rest = jnp.where(jnp.any(rest > 0), rest, weights)
     extra = _inverse_cdf(rest, jax.random.uniform(key, (num_samples,)))
