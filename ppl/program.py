@@ -52,7 +52,11 @@ def _sampler_log_prob(site: dict) -> Array:
 
 
 def log_weight(model_trace: dict, proposal_trace: dict | None = None) -> Array:
-    """Incremental log-weight of one step from the model's trace and the proposal's (if any)."""
+    """Incremental log-weight of one step from the model's trace and the proposal's (if any).
+
+    Proposal sites the model lacks are not counted: a proposal with auxiliary latents would
+    need their marginal, which this rule does not compute.
+    """
     proposal_trace = proposal_trace or {}
     total = jnp.zeros((), jnp.float32)
     for name, site in model_trace.items():
@@ -100,9 +104,12 @@ def run_traced(
 
 
 def done_flag(state: State) -> Array | None:
-    """The particle's ``done`` flag: ``state["done"]`` or ``state.done``; None if it has none."""
+    """The particle's ``done`` flag: ``state["done"]`` or ``state.done``; None if it has none.
+
+    A flag with a batch axis of 1 (as in ``ppl.reasoning.Trace``) is reduced to a scalar.
+    """
     flag = state.get("done") if isinstance(state, Mapping) else getattr(state, "done", None)
-    return None if flag is None else jnp.asarray(flag, bool)
+    return None if flag is None else jnp.all(jnp.asarray(flag, bool))
 
 
 class StateSpaceProgram:
