@@ -1,0 +1,136 @@
+"""LM and PRM primitives for reasoning programs: one particle's trace, step by step.
+
+A reasoning trace is the state of a `StateSpaceProgram`. `write_step` is a
+NumPyro sample site whose value is the next step written by a `models` LM
+(the KV cache travels in the state, nothing is recomputed); `observe_prm`
+is the PRM's verdict on it, as a likelihood in one of three named forms:
+
+* `bernoulli`: observe o_t = 1 with P(o_t = 1) = r_t, tempered by `beta`
+  (target ∝ p_LM · Π r_t^beta; Puri et al. 2025);
+* `twist`: factor (r_t / r_{t-1})^beta, so the target is ∝ p_LM · r_T^beta
+  (twisted SMC: intermediate targets use the PRM as a look-ahead value);
+* `replace`: factor exp(logit(r_t) / tau) whose previous weight is discarded
+  by resampling every step (its_hub's convention; run SMC with
+  `ess_threshold=1.0`), kept for parity with published numbers.
+
+Everything inside a particle keeps a leading batch axis of 1, so the same
+`models` functions serve one particle, a vmapped swarm, or a plain batch.
+
+    def step(trace, t, lm, prm):
+        trace = reasoning.write_step("step", lm, trace, params, stops)
+        return reasoning.observe_prm("prm", prm, trace, form="bernoulli")
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+
+from models.sampling import NO_TOKEN, STOP_EOS, STOP_STRING, LMState, SamplingParams, StopTable, prefill, sample_step
+
+FORMS = ("bernoulli", "twist", "replace")
+
+
+class Trace(NamedTuple):
+    """One particle's partial reasoning trace (every array has a leading batch axis of 1)."""
+
+    lm: LMState  # the proposal LM's cache and next-token logits
+    judge: Any  # the PRM's own state: its KV cache, or a verifier's task context
+    steps: jax.Array  # [1, max_steps, max_tokens] tokens of each written step, NO_TOKEN padded
+    step_lengths: jax.Array  # [1, max_steps]
+    num_steps: jax.Array  # [1] steps written so far
+    rewards: jax.Array  # [1, max_steps] PRM reward of each step
+    log_reward: jax.Array  # [1] log r of the latest step (twist's denominator)
+    done: jax.Array  # [1] the trace has finished (EOS, final-answer marker, step cap)
+
+    @property
+    def last_step(self) -> tuple[jax.Array, jax.Array]:
+        """Tokens [1, max_tokens] and mask of the latest step."""
+        index = jnp.maximum(self.num_steps - 1, 0)
+        tokens = jnp.take_along_axis(self.steps, index[:, None, None], axis=1)[:, 0]
+        return tokens, tokens != NO_TOKEN
+
+
+def start(lm_state: LMState, judge: Any, max_steps: int, max_tokens: int) -> Trace:
+    """An empty trace after a prompt (prefilled once, shared by every particle)."""
+    batch = lm_state.next_logits.shape[0]
+    return Trace(
+        lm=lm_state,
+        judge=judge,
+        steps=jnp.full((batch, max_steps, max_tokens), NO_TOKEN, jnp.int32),
+        step_lengths=jnp.zeros((batch, max_steps), jnp.int32),
+        num_steps=jnp.zeros((batch,), jnp.int32),
+        rewards=jnp.zeros((batch, max_steps), jnp.float32),
+        log_reward=jnp.zeros((batch,), jnp.float32),
+        done=jnp.zeros((batch,), bool),
+    )
+
+
+def prefill_prompt(lm: Any, prm: Any, tokens: jax.Array, capacity: int) -> tuple[LMState, Any]:
+    """Prefill a prompt [1, T] into the LM's and (for model PRMs) the PRM's caches."""
+    lm_state = prefill(lm, tokens, None, capacity)
+    judge = prm.start(tokens, None, capacity) if hasattr(prm, "start") else None
+    return lm_state, judge
+
+
+def write_step(
+    name: str,
+    lm: Any,
+    trace: Trace,
+    params: SamplingParams,
+    stops: StopTable,
+    final_stops: tuple[int, ...] = (),
+) -> Trace:
+    """Sample site `name`: the LM writes the next step of `trace`.
+
+    The site's value is the step's tokens; its density is the model's log-prob
+    and it declares the sampler's (temperature/top-k/top-p) log-prob as
+    `proposal_log_prob`, so the SMC weight carries log p - log q. The trace is
+    done after EOS or after stop string `i` for `i` in `final_stops`.
+    """
+    result = sample_step(lm, numpyro.prng_key(), trace.lm, params, stops, active=~trace.done)
+    log_p = jnp.sum(result.logp_model, axis=1)
+    log_q = jnp.sum(result.logp_sample, axis=1)
+    tokens = numpyro.sample(
+        name, dist.Delta(result.tokens, log_density=log_p, event_dim=1), infer={"proposal_log_prob": log_q}
+    )
+    finished = result.stop == STOP_EOS
+    for index in final_stops:
+        finished |= result.stop == STOP_STRING + index
+    slot = jnp.minimum(trace.num_steps, trace.steps.shape[1] - 1)
+    rows = jnp.arange(tokens.shape[0])
+    return trace._replace(
+        lm=result.state,
+        steps=trace.steps.at[rows, slot].set(tokens),
+        step_lengths=trace.step_lengths.at[rows, slot].set(result.length),
+        num_steps=trace.num_steps + 1,
+        done=trace.done | finished | (trace.num_steps + 1 >= trace.steps.shape[1]),
+    )
+
+
+def observe_prm(name: str, prm: Any, trace: Trace, form: str = "bernoulli", beta: float = 1.0) -> Trace:
+    """The PRM's verdict on the latest step, as a likelihood of the given `form`.
+
+    `prm.score_step(judge, tokens, mask) -> (reward, judge)` (a model PRM or a
+    verifier). `beta` tempers the likelihood (for `replace` it divides the logit,
+    i.e. it is 1/tau).
+    """
+    if form not in FORMS:
+        raise ValueError(f"PRM form must be one of {FORMS}, got {form!r}")
+    tokens, mask = trace.last_step
+    reward, judge = prm.score_step(trace.judge, tokens, mask)
+    log_r = jnp.log(reward)
+    if form == "bernoulli":
+        with numpyro.handlers.scale(scale=beta):
+            numpyro.sample(name, dist.Bernoulli(probs=reward), obs=jnp.ones_like(reward))
+    elif form == "twist":
+        numpyro.factor(name, beta * (log_r - trace.log_reward))
+    else:
+        numpyro.factor(name, beta * (log_r - jnp.log1p(-reward)))
+    slot = jnp.maximum(trace.num_steps - 1, 0)
+    rows = jnp.arange(reward.shape[0])
+    return trace._replace(judge=judge, rewards=trace.rewards.at[rows, slot].set(reward), log_reward=log_r)
