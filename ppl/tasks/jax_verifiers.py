@@ -255,7 +255,7 @@ def encode_expression(expr: str | arithmetic.Node, max_ops: int = 8) -> EncodedE
     if max([value, *leaves, *(r[3] for r in rows)]) >= 10**NUMBER_DIGITS:
         raise ValueError(f"a number of the expression has more than {NUMBER_DIGITS} digits")
     table = np.full((max_ops, 4), -1, np.int32)
-    table[: len(rows)] = rows
+    table[: len(rows)] = np.asarray(rows, np.int32).reshape(-1, 4)
     padded_leaves = np.full(max_ops + 1, -1, np.int32)
     padded_leaves[: len(leaves)] = leaves
     return EncodedExpression(
