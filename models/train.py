@@ -1,0 +1,485 @@
+"""Train the shipped tiny LM and its learned PRM (one pair for Countdown and arithmetic).
+
+    python -m models.train --out models/shipped --seed 0
+
+LM: a ~0.9M-parameter Llama trained on `[<bos>] prompt trace [<eos>]` of freshly
+drawn problems of both tasks (50/50), loss on the trace and `<eos>` only; a
+Countdown problem with several solutions contributes a random one each time it
+is drawn, so the LM learns to propose several plausible steps.
+
+PRM: the same architecture, initialised from the trained LM and fine-tuned in
+Math-Shepherd's token convention: at each step's final token ("\\n") the
+reward is softmax over the logits of "+" (good) and "-" (bad), trained with
+binary cross-entropy against the oracle `step_labels`. Its traces are mostly
+the LM's own temperature-1 samples (what it judges at inference time), plus
+corrupted traces and correct solutions.
+
+Everything is reproducible from `--seed` (NumPy streams for data, fixed JAX
+keys). Training data never uses `EVAL_SEED`, which draws the held-out
+problems the model cards report on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from models.llama import Config, Llama, num_parameters, random_init
+from models.sampling import (
+    NO_TOKEN,
+    STOP_EOS,
+    STOP_STRING,
+    SamplingParams,
+    prefill,
+    sample_step,
+    stop_table_from_bytes,
+)
+from models.saving import save_pretrained
+from models.tokenizer import build_tokenizer
+from ppl.tasks import arithmetic, countdown
+
+EVAL_SEED = 1000  # held-out problems: countdown.generate(EVAL_SEED, n), arithmetic.generate(EVAL_SEED, n)
+SEQ_LEN = 72  # longest training sequence is 69 tokens (an arithmetic trace)
+PROMPT_LEN = 24  # prompts are left-padded to this for sampling
+STEP_TOKENS = 20  # token cap of one sampled step
+SAMPLE_STEPS = 5  # steps sampled per trace (arithmetic: 4 operations + answer line)
+PRM_LEN = 96  # PRM inputs are cut here; tags beyond are dropped
+PRM_TAGS = {"prm_type": "token", "step_tag": "\n", "good_token": "+", "bad_token": "-"}
+TASKS = ("countdown", "arithmetic")
+
+
+def lm_config(vocab_size: int) -> Config:
+    return Config(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        max_position_embeddings=512,
+    )
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class Problem:
+    """A problem of either task, with what training and labelling need."""
+
+    task: str
+    prompt: str
+    item: Any  # countdown.Problem or an arithmetic expression
+    solutions: list[list[str]]  # trace lines of each correct solution
+
+    def labels(self, lines: list[str]) -> list[int]:
+        module = countdown if self.task == "countdown" else arithmetic
+        return module.step_labels(self.item, lines)
+
+    def solved(self, lines: list[str]) -> bool:
+        if self.task == "countdown":
+            return countdown.verify(self.item, lines)
+        return len(lines) == len(self.solutions[0]) and arithmetic.verify_steps(self.item, lines)
+
+    def corrupted(self, rng: np.random.Generator) -> list[str]:
+        module = countdown if self.task == "countdown" else arithmetic
+        return module.corrupted_trace(self.item, rng)
+
+
+def problems(task: str, rng: np.random.Generator | int, n: int) -> list[Problem]:
+    """`n` problems of `task` with their solutions (arithmetic: one trace ending in the answer line)."""
+    if task == "countdown":
+        return [Problem(task, countdown.prompt(p), p, countdown.solutions(p)) for p in countdown.generate(rng, n)]
+    return [
+        Problem(task, arithmetic.prompt(e), e, [arithmetic.format_solution(e).splitlines()])
+        for e in arithmetic.generate(rng, n)
+    ]
+
+
+def mixed(rng: np.random.Generator, n: int) -> list[Problem]:
+    """`n` fresh problems, each task with probability 1/2."""
+    k = int(rng.binomial(n, 0.5))
+    out = problems("countdown", rng, k) + problems("arithmetic", rng, n - k)
+    return [out[i] for i in rng.permutation(n)]
+
+
+def lm_batches(tok: Any, rng: np.random.Generator, batch: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """Endless (ids, attention mask, loss mask) batches of fresh problems, a random solution each."""
+    while True:
+        ids = np.zeros((batch, SEQ_LEN), np.int32)
+        loss = np.zeros((batch, SEQ_LEN), np.float32)
+        for row, p in enumerate(mixed(rng, batch)):
+            lines = p.solutions[int(rng.integers(len(p.solutions)))]
+            prompt = [tok.bos_token_id] + tok.encode(p.prompt)
+            trace = tok.encode("".join(f"{s}\n" for s in lines)) + [tok.eos_token_id]
+            seq = (prompt + trace)[:SEQ_LEN]
+            ids[row, : len(seq)] = seq
+            loss[row, len(prompt) : len(seq)] = 1.0
+        yield ids, ids != tok.pad_token_id, loss
+
+
+def prompt_array(tok: Any, batch: list[Problem]) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded `[<bos>] + prompt` ids [B, PROMPT_LEN] and their mask."""
+    ids = np.full((len(batch), PROMPT_LEN), tok.pad_token_id, np.int32)
+    for row, p in enumerate(batch):
+        seq = [tok.bos_token_id] + tok.encode(p.prompt)
+        ids[row, PROMPT_LEN - len(seq) :] = seq
+    return ids, ids != tok.pad_token_id
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def token_bytes(tok: Any) -> list[bytes]:
+    """The bytes of each token id of a byte-level BPE (GPT-2's byte-to-character map inverted)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    decoder = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+    special = set(tok.all_special_tokens)
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    return [p.encode() if p in special else bytes(decoder[ch] for ch in p) for p in pieces]
+
+
+def make_sampler(graphdef: Any, tok: Any, temperature: float) -> Callable:
+    """Jitted `(params, key, ids, mask) -> (tokens [S, B, T], lengths [S, B], stops [S, B])`.
+
+    `SAMPLE_STEPS` calls of `sample_step` with stop string "\\n" in one scan; a row
+    stops after `<eos>`.
+    """
+    params_ = SamplingParams(temperature=temperature, max_tokens=STEP_TOKENS)
+    stops = stop_table_from_bytes(token_bytes(tok), ("\n",), (tok.eos_token_id,))
+
+    @jax.jit
+    def sample(params, key, ids, mask):
+        lm = nnx.merge(graphdef, params)
+        state = prefill(lm, ids, mask, PROMPT_LEN + SAMPLE_STEPS * STEP_TOKENS)
+
+        def body(carry, key):
+            state, active = carry
+            r = sample_step(lm, key, state, params_, stops, active)
+            return (r.state, active & (r.stop != STOP_EOS)), (r.tokens, r.length, jnp.where(active, r.stop, -1))
+
+        active = jnp.ones(ids.shape[:1], bool)
+        _, out = jax.lax.scan(body, (state, active), jax.random.split(key, SAMPLE_STEPS))
+        return out
+
+    return sample
+
+
+def sampled_steps(tokens: np.ndarray, lengths: np.ndarray, stops: np.ndarray, row: int) -> list[list[int]]:
+    """The complete steps (ending in "\\n") of one row, as token-id lists, up to the first other stop."""
+    steps = []
+    for s in range(tokens.shape[0]):
+        if stops[s, row] != STOP_STRING:
+            break
+        step = tokens[s, row, : lengths[s, row]]
+        steps.append([int(t) for t in step if t != NO_TOKEN])
+    return steps
+
+
+def sample_traces(
+    sampler: Callable, params: Any, tok: Any, key: jax.Array, batch_problems: list[Problem], batch: int = 256
+) -> list[list[list[int]]]:
+    """Sampled traces (lists of step token ids) for each problem, in batches of `batch` (padded)."""
+    out = []
+    for start in range(0, len(batch_problems), batch):
+        chunk = batch_problems[start : start + batch]
+        ids, mask = prompt_array(tok, chunk + chunk[:1] * (batch - len(chunk)))
+        key, sub = jax.random.split(key)
+        tokens, lengths, stops = (np.asarray(x) for x in sampler(params, sub, ids, mask))
+        out += [sampled_steps(tokens, lengths, stops, row) for row in range(len(chunk))]
+    return out
+
+
+# ---------------------------------------------------------------- training
+
+
+def lm_loss(model: Llama, ids: jax.Array, mask: jax.Array, weights: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy over the positions where `weights` is 1."""
+    logits = model(ids, mask)[:, :-1]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:])
+    w = weights[:, 1:]
+    return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def prm_logits(model: Llama, ids: jax.Array, mask: jax.Array, good: int, bad: int) -> jax.Array:
+    """logit P(good) at every position: the "+" logit minus the "-" logit."""
+    logits = model(ids, mask)
+    return logits[..., good] - logits[..., bad]
+
+
+def train(
+    model: Llama, loss_fn: Callable, batches: Iterator, steps: int, lr: float, log_every: int, name: str
+) -> tuple[Llama, float]:
+    """AdamW with linear warmup and cosine decay; returns the model and the mean loss of the last log window."""
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(200, steps // 10 + 1), steps, lr * 0.1)
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
+    graphdef, params = nnx.split(model)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, *batch):
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p), *batch))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    start, window = time.time(), []
+    for i in range(1, steps + 1):
+        params, opt_state, loss = step(params, opt_state, *next(batches))
+        window.append(loss)
+        if i % log_every == 0 or i == steps:
+            mean = float(np.mean(jax.device_get(window)))
+            print(f"[{name}] step {i}/{steps} loss {mean:.4f} ({time.time() - start:.0f}s)", flush=True)
+            window = []
+    return nnx.merge(graphdef, params), mean
+
+
+# ---------------------------------------------------------------- PRM data
+
+
+@dataclasses.dataclass
+class Scored:
+    """A PRM example: ids of `[<bos>] prompt steps`, tag positions and their oracle labels."""
+
+    task: str
+    ids: list[int]
+    tags: list[int]
+    labels: list[int]
+    source: str
+
+
+def scored(tok: Any, p: Problem, steps: list[list[int]], source: str) -> Scored | None:
+    """Label a trace (step token ids) with the oracle; None when it has no complete step."""
+    ids = [tok.bos_token_id] + tok.encode(p.prompt)
+    tags = []
+    for step in steps:
+        if len(ids) + len(step) > PRM_LEN:
+            break
+        ids += step
+        tags.append(len(ids) - 1)
+    if not tags:
+        return None
+    lines = [tok.decode(s).rstrip("\n") for s in steps[: len(tags)]]
+    return Scored(p.task, ids, tags, p.labels(lines), source)
+
+
+def text_steps(tok: Any, lines: list[str]) -> list[list[int]]:
+    return [tok.encode(f"{line}\n") for line in lines]
+
+
+def prm_examples(
+    tok: Any, rng: np.random.Generator, sampler: Callable, params: Any, key: jax.Array, n_sampled: int, n_other: int
+) -> list[Scored]:
+    """`n_sampled` LM-sampled traces and `n_other` each of corrupted traces and correct solutions."""
+    examples = []
+    for p, steps in zip(pool := mixed(rng, n_sampled), sample_traces(sampler, params, tok, key, pool), strict=True):
+        examples.append(scored(tok, p, steps, "sampled"))
+    for p in mixed(rng, n_other):
+        examples.append(scored(tok, p, text_steps(tok, p.corrupted(rng)), "corrupted"))
+    for p in mixed(rng, n_other):
+        examples.append(scored(tok, p, text_steps(tok, p.solutions[int(rng.integers(len(p.solutions)))]), "correct"))
+    return [e for e in examples if e is not None]
+
+
+def prm_arrays(examples: list[Scored], pad: int) -> tuple[np.ndarray, ...]:
+    """(ids, attention mask, tag mask, labels) arrays [N, PRM_LEN]."""
+    n = len(examples)
+    ids = np.full((n, PRM_LEN), pad, np.int32)
+    tags = np.zeros((n, PRM_LEN), np.float32)
+    labels = np.zeros((n, PRM_LEN), np.float32)
+    for row, e in enumerate(examples):
+        ids[row, : len(e.ids)] = e.ids
+        tags[row, e.tags] = 1.0
+        labels[row, e.tags] = e.labels
+    mask = np.zeros((n, PRM_LEN), bool)
+    for row, e in enumerate(examples):
+        mask[row, : len(e.ids)] = True
+    return ids, mask, tags, labels
+
+
+def prm_batches(arrays: tuple[np.ndarray, ...], rng: np.random.Generator, batch: int) -> Iterator:
+    """Endless shuffled epochs over the PRM examples."""
+    n = arrays[0].shape[0]
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - batch + 1, batch):
+            idx = order[start : start + batch]
+            yield tuple(a[idx] for a in arrays)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Exact ROC AUC (Mann-Whitney U with ties counted half); NaN when one class is absent."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores))
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    for f, c in zip(first, counts, strict=True):
+        ranks[order[f : f + c]] = f + (c + 1) / 2.0  # average rank of a tie group, 1-based
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def greedy_accuracy(sampler: Callable, params: Any, tok: Any, eval_problems: list[Problem]) -> float:
+    """Fraction of problems the LM's greedy trace solves exactly."""
+    traces = sample_traces(sampler, params, tok, jax.random.key(0), eval_problems)
+    solved = [p.solved([tok.decode(s).rstrip("\n") for s in t]) for p, t in zip(eval_problems, traces, strict=True)]
+    return float(np.mean(solved))
+
+
+def prm_auc(prm: Llama, tok: Any, examples: list[Scored]) -> tuple[float, float, int]:
+    """(step-level ROC AUC, fraction of good steps, number of steps) of the PRM on `examples`."""
+    ids, mask, tags, labels = prm_arrays(examples, tok.pad_token_id)
+    good, bad = tok.convert_tokens_to_ids(["+", "-"])
+    score = jax.jit(lambda i, m: jax.nn.sigmoid(prm_logits(prm, i, m, good, bad)))
+    probs = np.concatenate([np.asarray(score(ids[s : s + 256], mask[s : s + 256])) for s in range(0, len(ids), 256)])
+    at = tags > 0
+    return roc_auc(probs[at], labels[at]), float(labels[at].mean()), int(at.sum())
+
+
+# ---------------------------------------------------------------- main
+
+
+def model_card(title: str, body: dict[str, Any], command: str) -> str:
+    lines = [f"# {title}", ""]
+    lines += [f"- **{k}**: {v}" for k, v in body.items()]
+    lines += ["", "Reproduce (CPU, deterministic for a given seed and backend):", "", "```", command, "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="models/shipped", help="writes OUT/lm and OUT/prm")
+    parser.add_argument("--seed", type=int, default=0, help=f"data and init seed (must differ from {EVAL_SEED})")
+    parser.add_argument("--lm-steps", type=int, default=500)
+    parser.add_argument("--lm-batch", type=int, default=32)
+    parser.add_argument("--lm-lr", type=float, default=3e-3)
+    parser.add_argument("--prm-steps", type=int, default=150)
+    parser.add_argument("--prm-batch", type=int, default=32)
+    parser.add_argument("--prm-lr", type=float, default=1e-3)
+    parser.add_argument("--prm-sampled", type=int, default=4000, help="LM-sampled PRM training traces")
+    parser.add_argument("--prm-other", type=int, default=1000, help="corrupted traces, and as many correct ones")
+    parser.add_argument("--eval-problems", type=int, default=200, help="held-out problems per task")
+    parser.add_argument("--log-every", type=int, default=50)
+    args = parser.parse_args(argv)
+    if args.seed == EVAL_SEED:
+        parser.error(f"seed {EVAL_SEED} is reserved for evaluation")
+    command = "python -m models.train " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "log_every"
+    )
+    out = Path(args.out)
+    total_start = time.time()
+    tok = build_tokenizer()
+    lm_rng, prm_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(args.seed).spawn(2))
+    key_init, key_prm, key_eval = jax.random.split(jax.random.key(args.seed), 3)
+    good, bad = tok.convert_tokens_to_ids(["+", "-"])
+
+    # LM
+    lm = random_init(lm_config(len(tok)), seed=args.seed)
+    print(f"LM: {num_parameters(lm):,} parameters", flush=True)
+    start = time.time()
+    lm, lm_final = train(
+        lm, lm_loss, lm_batches(tok, lm_rng, args.lm_batch), args.lm_steps, args.lm_lr, args.log_every, "lm"
+    )
+    lm_time = time.time() - start
+    graphdef, lm_params = nnx.split(lm)
+    greedy = make_sampler(graphdef, tok, 0.0)
+    sampler = make_sampler(graphdef, tok, 1.0)
+    held_out = {task: problems(task, EVAL_SEED, args.eval_problems) for task in TASKS}
+    accuracy = {task: greedy_accuracy(greedy, lm_params, tok, ps) for task, ps in held_out.items()}
+    print(f"LM greedy accuracy on held-out problems: {accuracy}", flush=True)
+
+    # PRM
+    start = time.time()
+    examples = prm_examples(tok, prm_rng, sampler, lm_params, key_prm, args.prm_sampled, args.prm_other)
+    data_time = time.time() - start
+    stats = {
+        source: f"{sum(e.source == source for e in examples)} traces, "
+        f"{np.mean([x for e in examples if e.source == source for x in e.labels]):.2f} of steps good"
+        for source in ("sampled", "corrupted", "correct")
+    }
+    print(f"PRM data ({data_time:.0f}s): {stats}", flush=True)
+
+    def prm_loss(model, ids, mask, tags, labels):
+        logit = prm_logits(model, ids, mask, good, bad)
+        bce = optax.sigmoid_binary_cross_entropy(logit, labels)
+        return jnp.sum(bce * tags) / jnp.maximum(jnp.sum(tags), 1.0)
+
+    prm = nnx.merge(graphdef, jax.tree.map(jnp.copy, lm_params))
+    batches = prm_batches(prm_arrays(examples, tok.pad_token_id), prm_rng, args.prm_batch)
+    start = time.time()
+    prm, prm_final = train(prm, prm_loss, batches, args.prm_steps, args.prm_lr, args.log_every, "prm")
+    prm_time = time.time() - start
+    eval_examples = []
+    for ps in held_out.values():
+        traces = sample_traces(sampler, lm_params, tok, key_eval, ps + ps)  # two samples per problem
+        eval_examples += [e for p, t in zip(ps + ps, traces, strict=True) if (e := scored(tok, p, t, "sampled"))]
+    auc = {task: prm_auc(prm, tok, [e for e in eval_examples if e.task == task]) for task in TASKS}
+    print(f"PRM step AUC on held-out LM samples: {auc}", flush=True)
+    total = time.time() - total_start
+
+    common = {
+        "tokenizer": f"shipped byte-level BPE (`models.tokenizer.build_tokenizer`), {len(tok)} tokens",
+        "seed": f"{args.seed} (NumPy `SeedSequence({args.seed}).spawn(2)` streams for data, "
+        f"`jax.random.key({args.seed})` for sampling); held-out problems use `EVAL_SEED = {EVAL_SEED}`",
+        "optimizer": "AdamW (weight decay 0.01), linear warmup then cosine decay to 10%, global-norm clip 1.0",
+        "total wall time of the run": f"{total / 60:.1f} min on CPU (LM, PRM data, PRM, evaluation)",
+    }
+    arch = "Llama, hidden 128, 4 layers, 4 heads (2 KV heads, head dim 32), MLP 384, untied embeddings"
+    lm_card = {
+        "architecture": f"{arch}; {num_parameters(lm):,} parameters",
+        "data": f"{args.lm_steps * args.lm_batch:,} sequences `[<bos>] prompt trace [<eos>]` of fresh problems, "
+        "each task with probability 1/2 (Countdown: a random one of all solutions); loss on trace and `<eos>` only",
+        "steps / batch / peak lr": f"{args.lm_steps} / {args.lm_batch} / {args.lm_lr}",
+        "final loss (mean of last log window)": f"{lm_final:.4f}",
+        "training wall time": f"{lm_time / 60:.1f} min",
+        "greedy accuracy, held-out": ", ".join(
+            f"{task} {accuracy[task]:.1%} ({args.eval_problems} problems, `{task}.generate({EVAL_SEED}, "
+            f"{args.eval_problems})`)"
+            for task in TASKS
+        ),
+        **common,
+    }
+    prm_card = {
+        "architecture": f"{arch}; {num_parameters(prm):,} parameters; initialised from the shipped LM",
+        "convention": "Math-Shepherd token PRM: at each step's final token (\"\\n\") P(good) = softmax over the "
+        "logits of `+` (good) and `-` (bad); input `[<bos>] prompt steps` with the LM's token ids",
+        "data": f"{stats}; each task with probability 1/2; labels from the oracle `step_labels`",
+        "steps / batch / peak lr": f"{args.prm_steps} / {args.prm_batch} / {args.prm_lr}",
+        "loss": "binary cross-entropy of the `+`/`-` logit difference at step tags",
+        "final loss (mean of last log window)": f"{prm_final:.4f}",
+        "PRM data sampling wall time": f"{data_time / 60:.1f} min",
+        "training wall time": f"{prm_time / 60:.1f} min",
+        "step-level ROC AUC, held-out": ", ".join(
+            f"{task} {auc[task][0]:.3f} ({auc[task][2]} steps, {auc[task][1]:.0%} good)" for task in TASKS
+        )
+        + f"; LM temperature-1 traces, 2 per problem, of `{{task}}.generate({EVAL_SEED}, {args.eval_problems})`",
+        **common,
+    }
+    save_pretrained(lm, out / "lm", tok)
+    save_pretrained(prm, out / "prm", tok, PRM_TAGS)
+    (out / "lm" / "README.md").write_text(model_card("Shipped tiny LM (Countdown + arithmetic)", lm_card, command))
+    (out / "prm" / "README.md").write_text(model_card("Shipped tiny PRM (Countdown + arithmetic)", prm_card, command))
+    summary = {"lm_accuracy": accuracy, "prm_auc": {t: a[0] for t, a in auc.items()}, "minutes": total / 60}
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
