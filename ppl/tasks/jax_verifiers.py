@@ -11,12 +11,15 @@ ASCII text: surrounding ASCII whitespace is stripped, numbers are decimal
 without signs or leading zeros. Non-ASCII bytes make a step malformed (Python's
 `\\d` and `str.strip` would also accept Unicode digits and spaces). A number of
 more than 9 digits is well formed but is read as -1, which matches nothing.
+Special tokens keep their literal text in `StopTable.token_bytes` (b"<eos>"),
+so a step that ends at EOS without a newline is malformed; to read it as text
+without the EOS, clear that row once: `token_bytes.at[eos_ids].set(-1)`.
 
 Integers are int32 (x64 off). Countdown arithmetic whose result would exceed
-2**31 - 1 is treated as illegal, so the checkers agree with the Python rules
-whenever every number stays below that (the shipped distribution stays below
-25**4); arithmetic expressions with a value of 10**9 or more are refused by
-`encode_expression`.
+2**31 - 1 is treated as illegal and written numbers of 10 digits match
+nothing, so the checkers agree with the Python rules whenever every number
+stays below 10**9 (the shipped distribution stays below 25**4); arithmetic
+expressions with a number of 10**9 or more are refused by `encode_expression`.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ _POW10 = np.asarray([10**k for k in range(NUMBER_DIGITS)], np.int32)
 
 
 class ParsedStep(NamedTuple):
-    """A parsed step line; fields are scalars (int32 unless said)."""
+    """A parsed step line; scalars (int32 unless said). a/op/b/c and answer mean something only under their flag."""
 
     well_formed: jax.Array  # bool: the line is `a op b = c`
     a: jax.Array
