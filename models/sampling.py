@@ -65,22 +65,36 @@ class StepResult(NamedTuple):
 STOP_CAP, STOP_EOS, STOP_STRING = 0, 1, 2
 
 
-def _bytes_of_tokens(tokenizer: Any) -> list[bytes]:
-    """The raw bytes each token id stands for (byte-level BPE or SentencePiece vocabularies)."""
-    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet: the printable character standing for each byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
 
+
+def _bytes_of_tokens(tokenizer: Any) -> list[bytes]:
+    """The raw bytes each token id stands for (byte-level BPE or SentencePiece vocabularies).
+
+    Special tokens (EOS, padding, ...) stand for no bytes: they are not text.
+    """
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     backend = getattr(tokenizer, "backend_tokenizer", None)
     byte_level = backend is not None and "ByteLevel" in type(backend.decoder).__name__
-    byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+    alphabet = _byte_level_alphabet()
     special = set(tokenizer.all_special_tokens)
     out = []
     for piece in pieces:
         piece = piece or ""
         if piece in special:
-            out.append(piece.encode())
+            out.append(b"")
         elif byte_level:
-            out.append(bytes(byte_decoder.get(ch, ord("?")) for ch in piece))
+            out.append(bytes(alphabet.get(ch, ord("?")) for ch in piece))
         elif piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
             out.append(bytes([int(piece[3:5], 16)]))
         else:

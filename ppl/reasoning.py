@@ -98,6 +98,7 @@ def write_step(
     tokens = numpyro.sample(
         name, dist.Delta(result.tokens, log_density=log_p, event_dim=1), infer={"proposal_log_prob": log_q}
     )
+    numpyro.deterministic(name + ".length", result.length)  # tokens generated, for budget accounting
     finished = result.stop == STOP_EOS
     for index in final_stops:
         finished |= result.stop == STOP_STRING + index

@@ -1,0 +1,117 @@
+"""Inference-time search methods, all one reasoning program run by the SMC engine.
+
+Every method samples steps with the same jitted code (`ppl.reasoning`) and
+differs only in how particles are selected between steps and how the final
+answer is picked (`inference.answers`):
+
+| method      | between steps                               | final answer (rule, PRM aggregation) |
+|-------------|---------------------------------------------|--------------------------------------|
+| `greedy`    | one particle, temperature 0                 | its answer                           |
+| `bon`       | N independent samples                       | best trace by final PRM score        |
+| `wbon`      | N independent samples                       | answer with the largest summed final score |
+| `majority`  | N independent samples                       | most frequent answer                 |
+| `wmajority` | N independent samples                       | answer with the largest summed product of step scores |
+| `beam`      | keep the N/4 best by PRM, expand each 4x    | best trace by final PRM score        |
+| `pf`        | particle filter: PRM as likelihood, resampling | answer with the largest SMC posterior mass |
+
+Budget is N, the number of particles (samples, beams).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from inference.smc import SMC
+from models.sampling import SamplingParams, StopTable
+from ppl import reasoning
+from ppl.program import StateSpaceProgram
+
+METHODS = ("greedy", "bon", "wbon", "majority", "wmajority", "beam", "pf")
+# method -> (answer rule, PRM aggregation of the trace's step rewards)
+SELECTION = {
+    "greedy": ("best", "last"),
+    "bon": ("best", "last"),
+    "wbon": ("weighted", "last"),
+    "majority": ("majority", "last"),
+    "wmajority": ("weighted", "prod"),
+    "beam": ("best", "last"),
+    "pf": ("posterior", "last"),
+}
+BEAM_EXPANSION = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    """A method at a budget, and the PRM likelihood the particle filter uses."""
+
+    method: str
+    num_particles: int
+    form: str = "bernoulli"
+    beta: float = 1.0
+    resampling: str = "systematic"
+    ess_threshold: float = 0.5
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.num_particles < 1:
+            raise ValueError(f"the budget must be at least 1 particle, got {self.num_particles}")
+
+    @property
+    def particles(self) -> int:
+        return 1 if self.method == "greedy" else self.num_particles
+
+    def sampling(self, params: SamplingParams) -> SamplingParams:
+        return dataclasses.replace(params, temperature=0.0) if self.method == "greedy" else params
+
+    def engine(self, program: StateSpaceProgram) -> SMC:
+        """The SMC configuration that runs this method."""
+        n = self.particles
+        if self.method == "pf":
+            return SMC(program, n, self.resampling, self.ess_threshold, record_deterministic=True)
+        if self.method == "beam":
+            return SMC(program, n, top_k_scheme(BEAM_EXPANSION), 1.0, record_deterministic=True)
+        return SMC(program, n, "systematic", 0.0, record_deterministic=True)  # independent samples
+
+
+def top_k_scheme(expansion: int):
+    """Beam 'resampling': the N/expansion highest-weight particles, each copied `expansion` times."""
+
+    def scheme(key: jax.Array, log_weights: jax.Array, num_samples: int) -> jax.Array:
+        keep = max(num_samples // expansion, 1)
+        best = jnp.argsort(-log_weights)[:keep]
+        return jnp.tile(best, math.ceil(num_samples / keep))[:num_samples].astype(jnp.int32)
+
+    return scheme
+
+
+def reasoning_program(
+    params: SamplingParams,
+    stops: StopTable,
+    max_steps: int,
+    form: str = "bernoulli",
+    beta: float = 1.0,
+    is_final: Callable[[jax.Array], jax.Array] | None = None,
+) -> StateSpaceProgram:
+    """prompt -> steps -> answer: the LM writes a step, the PRM judges it, until done.
+
+    Program arguments: `(lm_state, judge, lm, prm)` — the prefilled prompt, the
+    PRM's initial state (its prompt cache, or a verifier's task context), and the
+    two models. `is_final(step_tokens [1, T]) -> [1] bool` marks a final step.
+    """
+
+    def init(lm_state, judge, lm, prm):
+        return reasoning.start(lm_state, judge, max_steps, params.max_tokens)
+
+    def step(trace, t, lm_state, judge, lm, prm):
+        trace = reasoning.write_step("step", lm, trace, params, stops)
+        if is_final is not None:
+            trace = trace._replace(done=trace.done | is_final(trace.last_step[0]))
+        return reasoning.observe_prm("prm", prm, trace, form=form, beta=beta)
+
+    return StateSpaceProgram(init, step, max_steps)

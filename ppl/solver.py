@@ -1,0 +1,173 @@
+"""Solve many problems of a task with a search method: bucketed, batched, jitted.
+
+A `Task` says how to prompt, when a trace is finished, how to read its
+answer and how to check it. A `Solver` binds a task to an LM, a tokenizer and
+a PRM (a model PRM, or the task's exact verifier) and runs a `SearchSpec` on
+a list of problems: prompts are padded to a length bucket, problems are
+vmapped in fixed-size batches, so a run over hundreds of problems compiles
+once per (method, budget, bucket).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from inference.answers import answer_posterior, votes
+from inference.search import SELECTION, SearchSpec, reasoning_program
+from models.prm import aggregate
+from models.sampling import NO_TOKEN, SamplingParams, prefill, stop_table
+
+PROMPT_BUCKET = 16  # prompt lengths are padded up to a multiple of this
+PARTICLE_ROWS = 1024  # problems per batch = PARTICLE_ROWS // particles
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What the solver needs to know about a task."""
+
+    name: str
+    max_steps: int
+    params: SamplingParams
+    prompt: Callable[[Any], str]
+    answer: Callable[[Any, list[str]], Hashable | None]  # canonical answer class of a trace
+    correct: Callable[[Any, list[str]], bool]
+    oracle: Callable[[jax.Array], Any]  # token_bytes -> verifier PRM
+    oracle_judge: Callable[[Any], Any]  # problem -> the verifier's initial context
+    final_prefix: str | None = None  # a step starting with this text ends the trace (e.g. "answer")
+    record: Callable[[Any], dict] = dict  # problem -> its fields in the output line
+
+
+@dataclasses.dataclass
+class Solution:
+    record: dict  # the output line: the problem's fields plus steps, answer, confidence, correct, tokens
+
+
+class Solver:
+    """A task bound to its models; `solve(problems, spec)` runs a method on them."""
+
+    def __init__(self, task: Task, lm: Any, tokenizer: Any, prm: Any = "oracle"):
+        self.task, self.lm, self.tokenizer = task, lm, tokenizer
+        self.stops = stop_table(tokenizer, ("\n",))
+        self.token_bytes = np.asarray(self.stops.token_bytes)
+        self.oracle = prm == "oracle"
+        self.prm = task.oracle(self.stops.token_bytes) if self.oracle else prm
+        self._compiled: dict = {}
+
+    def _prompts(self, problems: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        ids = [bos + self.tokenizer.encode(self.task.prompt(p), add_special_tokens=False) for p in problems]
+        width = -(-max(len(x) for x in ids) // PROMPT_BUCKET) * PROMPT_BUCKET
+        tokens = np.zeros((len(ids), 1, width), np.int32)
+        mask = np.zeros((len(ids), 1, width), bool)
+        for i, x in enumerate(ids):  # left padding: the prompt ends where the trace begins
+            tokens[i, 0, width - len(x):] = x
+            mask[i, 0, width - len(x):] = True
+        return tokens, mask
+
+    def _is_final(self) -> Callable[[jax.Array], jax.Array] | None:
+        """A jittable test 'the step starts with the task's final prefix', or None."""
+        if self.task.final_prefix is None:
+            return None
+        prefix = jnp.asarray(self.tokenizer.encode(self.task.final_prefix, add_special_tokens=False), jnp.int32)
+        return lambda step: jnp.all(step[:, : prefix.shape[0]] == prefix, axis=1)
+
+    def _run_fn(self, spec: SearchSpec, capacity: int):
+        key = (spec, capacity)
+        if key not in self._compiled:
+            task = self.task
+            program = reasoning_program(
+                spec.sampling(task.params), self.stops, task.max_steps, spec.form, spec.beta, self._is_final()
+            )
+            engine = spec.engine(program)
+
+            def one(rng_key, tokens, mask, judge, lm, prm):
+                lm_state = prefill(lm, tokens, mask, capacity)
+                if judge is None:
+                    judge = prm.start(tokens, mask, capacity)
+                return engine.run_unchecked(rng_key, lm_state, judge, lm, prm)
+
+            batched = jax.vmap(one, in_axes=(0, 0, 0, 0, None, None))
+            self._compiled[key] = jax.jit(batched)
+        return self._compiled[key]
+
+    def solve(
+        self,
+        problems: Sequence[Any],
+        spec: SearchSpec,
+        seed: int = 0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[dict]:
+        """Run `spec` on every problem; returns one output record per problem, in order."""
+        task = self.task
+        tokens, mask = self._prompts(problems)
+        capacity = tokens.shape[2] + task.max_steps * (task.params.max_tokens + 1)
+        run = self._run_fn(spec, capacity)
+        batch = max(1, PARTICLE_ROWS // spec.particles)
+        rule, how = SELECTION[spec.method]
+        out = []
+        for start in range(0, len(problems), batch):
+            chunk = list(range(start, min(start + batch, len(problems))))
+            padded = chunk + [chunk[-1]] * (batch - len(chunk))  # fixed shapes: one compile per bucket
+            judge = self._judges([problems[i] for i in padded])
+            keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), start), batch)
+            began = time.perf_counter()
+            result = run(keys, jnp.asarray(tokens[padded]), jnp.asarray(mask[padded]), judge, self.lm, self.prm)
+            result = jax.device_get(result)
+            seconds = (time.perf_counter() - began) * len(chunk) / batch
+            for row, index in enumerate(chunk):
+                out.append(self._record(problems[index], result, row, rule, how, seconds / len(chunk), spec))
+            if progress is not None:
+                progress(len(out), len(problems))
+        return out
+
+    def _judges(self, problems: list[Any]) -> Any:
+        if not self.oracle:
+            return None
+        judges = [self.task.oracle_judge(p) for p in problems]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *judges)
+
+    def decode_steps(self, steps: np.ndarray, lengths: np.ndarray, count: int) -> list[str]:
+        """Text of a trace's first `count` steps, each without its trailing newline."""
+        texts = []
+        for s in range(count):
+            ids = steps[s][: lengths[s]]
+            raw = b"".join(bytes(b for b in self.token_bytes[t] if b >= 0) for t in ids if t != NO_TOKEN)
+            texts.append(raw.decode("utf-8", errors="replace").strip())
+        return [t for t in texts if t]
+
+    def _record(self, problem, result, row, rule, how, seconds, spec) -> dict:
+        trace = result.particles
+        steps = trace.steps[row, :, 0]
+        lengths = trace.step_lengths[row, :, 0]
+        counts = trace.num_steps[row, :, 0]
+        texts = [self.decode_steps(steps[i], lengths[i], int(counts[i])) for i in range(steps.shape[0])]
+        answers = [self.task.answer(problem, t) for t in texts]
+        valid = np.arange(steps.shape[1])[None, :] < counts[:, None]
+        scores = np.asarray(aggregate(trace.rewards[row, :, 0], valid, how))
+        posterior = answer_posterior(answers, votes(rule, scores, result.log_weights[row], len(texts)))
+        chosen = posterior.chosen_trace if posterior.chosen_trace is not None else int(np.argmax(scores))
+        record = self.task.record(problem)
+        record.update(
+            steps=texts[chosen],
+            answer=_jsonable(posterior.best),
+            confidence=posterior.confidence,
+            correct=bool(self.task.correct(problem, texts[chosen])),
+            tokens=int(np.sum(result.deterministic["step.length"][row])),
+            method=spec.method,
+            particles=spec.particles,
+            seconds=seconds,
+        )
+        return record
+
+
+def _jsonable(answer: Hashable | None) -> Any:
+    if isinstance(answer, tuple):
+        return list(answer)
+    return answer
