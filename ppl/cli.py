@@ -14,8 +14,7 @@ import sys
 # Modules that each define `register(subparsers)` adding one command group.
 COMMAND_MODULES = (
     "ppl.commands.demo",
-    "ppl.commands.countdown",
-    "ppl.commands.arithmetic",
+    "ppl.commands.solve",
     "ppl.commands.generate",
     "ppl.judges.cli",
 )
@@ -40,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    _enable_compilation_cache()
     try:
         return int(args.run(args) or 0)
     except (PPLError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
@@ -48,6 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ppl {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _enable_compilation_cache() -> None:
+    """Keep compiled XLA programs on disk, so a second `ppl demo` or `solve` skips compilation."""
+    import os
+
+    import jax
+
+    path = os.environ.get("PPL_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "ppl", "jax"))
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 if __name__ == "__main__":

@@ -105,13 +105,27 @@ class Solver:
         progress: Callable[[int, int], None] | None = None,
     ) -> list[dict]:
         """Run `spec` on every problem; returns one output record per problem, in order."""
+        return self.solve_many(problems, spec, (spec.method,), seed, progress)[spec.method]
+
+    def solve_many(
+        self,
+        problems: Sequence[Any],
+        spec: SearchSpec,
+        methods: Sequence[str],
+        seed: int = 0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, list[dict]]:
+        """One run of `spec`, read out by the selection rule of each of `methods`.
+
+        Methods that sample the same way (bon, wbon, majority, wmajority) thus
+        share their samples, which makes their comparison paired.
+        """
         task = self.task
         tokens, mask = self._prompts(problems)
         capacity = tokens.shape[2] + task.max_steps * (task.params.max_tokens + 1)
         run = self._run_fn(spec, capacity)
-        batch = max(1, PARTICLE_ROWS // spec.particles)
-        rule, how = SELECTION[spec.method]
-        out = []
+        batch = min(max(1, PARTICLE_ROWS // spec.particles), 1 << (len(problems) - 1).bit_length())
+        out: dict[str, list[dict]] = {m: [] for m in methods}
         for start in range(0, len(problems), batch):
             chunk = list(range(start, min(start + batch, len(problems))))
             padded = chunk + [chunk[-1]] * (batch - len(chunk))  # fixed shapes: one compile per bucket
@@ -120,11 +134,14 @@ class Solver:
             began = time.perf_counter()
             result = run(keys, jnp.asarray(tokens[padded]), jnp.asarray(mask[padded]), judge, self.lm, self.prm)
             result = jax.device_get(result)
-            seconds = (time.perf_counter() - began) * len(chunk) / batch
+            seconds = (time.perf_counter() - began) / len(chunk)
             for row, index in enumerate(chunk):
-                out.append(self._record(problems[index], result, row, rule, how, seconds / len(chunk), spec))
+                for method in methods:
+                    record = self._record(problems[index], result, row, method, spec)
+                    record["seconds"] = seconds
+                    out[method].append(record)
             if progress is not None:
-                progress(len(out), len(problems))
+                progress(len(out[methods[0]]), len(problems))
         return out
 
     def _judges(self, problems: list[Any]) -> Any:
@@ -142,7 +159,8 @@ class Solver:
             texts.append(raw.decode("utf-8", errors="replace").strip())
         return [t for t in texts if t]
 
-    def _record(self, problem, result, row, rule, how, seconds, spec) -> dict:
+    def _record(self, problem, result, row, method, spec) -> dict:
+        rule, how = SELECTION[method]
         trace = result.particles
         steps = trace.steps[row, :, 0]
         lengths = trace.step_lengths[row, :, 0]
@@ -160,9 +178,8 @@ class Solver:
             confidence=posterior.confidence,
             correct=bool(self.task.correct(problem, texts[chosen])),
             tokens=int(np.sum(result.deterministic["step.length"][row])),
-            method=spec.method,
+            method=method,
             particles=spec.particles,
-            seconds=seconds,
         )
         return record
 

@@ -1,0 +1,128 @@
+"""`ppl demo`: every search method at several budgets on held-out problems of the shipped tasks.
+
+Prints a table (accuracy, tokens and seconds per problem), writes a JSON of
+all figures and a PNG of accuracy against budget (log x, a line per method,
+as in Puri et al. 2025's figure 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ppl.errors import InputError
+
+EVAL_SEED = 1000  # the held-out problems: training never draws from this seed (models/train.py)
+SAMPLING_FAMILY = ("bon", "wbon", "majority", "wmajority")  # share one run per budget
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser("demo", help="all methods at budgets 1..64 on held-out problems; table, JSON, PNG")
+    demo.add_argument("--problems", type=int, default=24, help="held-out problems per task (default 24)")
+    demo.add_argument("--full", action="store_true", help="200 problems per task (slower, tighter figures)")
+    demo.add_argument("--budgets", default="1,2,4,8,16,32,64", help="comma-separated particle budgets")
+    demo.add_argument("--tasks", default="countdown,arithmetic", help="comma-separated tasks")
+    demo.add_argument("--prm", choices=("learned", "oracle"), default="learned")
+    demo.add_argument("--out", default="demo_out", help="directory for demo.json and demo.png")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=run)
+
+
+def _parse_list(text: str, kind: type, name: str) -> list:
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--{name} must be a comma-separated list, got {text!r}") from None
+    if not values:
+        raise InputError(f"--{name} is empty")
+    return values
+
+
+def summarise(records: list[dict]) -> dict:
+    n = len(records)
+    return {
+        "accuracy": sum(r["correct"] for r in records) / n,
+        "tokens": sum(r["tokens"] for r in records) / n,
+        "seconds": sum(r["seconds"] for r in records) / n,
+        "confidence": sum(r["confidence"] for r in records) / n,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from inference.search import SearchSpec
+    from ppl.commands.shipped import load_models
+    from ppl.solver import Solver
+    from ppl.tasks import arithmetic, countdown
+    from ppl.tasks.specs import TASKS
+
+    budgets = _parse_list(args.budgets, int, "budgets")
+    tasks = _parse_list(args.tasks, str, "tasks")
+    if any(b < 1 for b in budgets):
+        raise InputError("--budgets must be positive")
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise InputError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+    count = 200 if args.full else args.problems
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lm, tokenizer, prm = load_models(prm=args.prm)
+    generators = {"countdown": countdown.generate, "arithmetic": arithmetic.generate}
+    rows = []
+    began = time.perf_counter()
+    for task in tasks:
+        problems = generators[task](EVAL_SEED, count)
+        solver = Solver(TASKS[task], lm, tokenizer, prm)
+        runs = [(SearchSpec("greedy", 1), ("greedy",), 1)]
+        for n in budgets:
+            runs += [(SearchSpec("bon", n), SAMPLING_FAMILY, n), (SearchSpec("beam", n), ("beam",), n),
+                     (SearchSpec("pf", n), ("pf",), n)]
+        for spec, methods, n in runs:
+            print(f"[{time.perf_counter() - began:6.0f}s] {task}: {'/'.join(methods)} N={n}", file=sys.stderr)
+            results = solver.solve_many(problems, spec, methods, seed=args.seed)
+            for method in methods:
+                rows.append({"task": task, "method": method, "budget": n, **summarise(results[method])})
+    figures = {"problems_per_task": count, "eval_seed": EVAL_SEED, "prm": args.prm, "rows": rows,
+               "seconds_total": time.perf_counter() - began}
+    (out_dir / "demo.json").write_text(json.dumps(figures, indent=2))
+    print(table(rows))
+    plot(rows, out_dir / "demo.png", count)
+    print(f"wrote {out_dir / 'demo.json'} and {out_dir / 'demo.png'}")
+    return 0
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'task':<11}{'method':<11}{'N':>4}{'accuracy':>10}{'tokens':>9}{'sec/problem':>13}"]
+    for r in rows:
+        lines.append(f"{r['task']:<11}{r['method']:<11}{r['budget']:>4}{r['accuracy']:>10.3f}"
+                     f"{r['tokens']:>9.0f}{r['seconds']:>13.3f}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, count: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for method in dict.fromkeys(r["method"] for r in rows if r["task"] == task):
+            pts = sorted((r["budget"], r["accuracy"]) for r in rows if r["task"] == task and r["method"] == method)
+            if method == "greedy":
+                ax.axhline(pts[0][1], color="gray", linestyle="--", label="greedy")
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("budget N (particles / samples)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{task} ({count} held-out problems)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,55 @@
+"""The command line: one-line errors with a non-zero exit code, before any model is loaded."""
+
+import json
+
+import pytest
+
+from ppl.cli import main
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"numbers": [1, 2, 3, 4], "target": 10}\n{"numbers": [1, 2, 3, 4], "target": 10\n', "line 2"),
+        ('{"numbers": [1, 2, 3], "target": 10}\n', "line 1"),
+        ('{"numbers": [1, 2, 3, "4"], "target": 10}\n', "line 1"),
+        ('{"numbers": [1, 1, 1, 1], "target": 97}\n', "line 1"),
+        ("", "empty"),
+    ],
+)
+def test_countdown_solve_rejects_malformed_input(tmp_path, capsys, content, message):
+    problems = write(tmp_path, "in.jsonl", content)
+    code = main(["countdown", "solve", "--problems", problems, "--method", "pf", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("ppl countdown: error:") and message in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_arithmetic_solve_rejects_bad_expression(tmp_path, capsys):
+    problems = write(tmp_path, "in.jsonl", json.dumps({"expression": "(3+4"}) + "\n")
+    code = main(["arithmetic", "solve", "--problems", problems, "--method", "pf", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "line 1" in err[0]
+
+
+def test_missing_file_and_bad_budget(tmp_path, capsys):
+    code = main(["countdown", "solve", "--problems", str(tmp_path / "nope.jsonl"), "--method", "bon",
+                 "--out", str(tmp_path / "o")])
+    assert code == 2 and "nope.jsonl" in capsys.readouterr().err
+    problems = write(tmp_path, "in.jsonl", '{"numbers": [1, 2, 3, 4], "target": 10}\n')
+    code = main(["countdown", "solve", "--problems", problems, "--method", "bon", "--particles", "0",
+                 "--out", str(tmp_path / "o")])
+    assert code == 2 and "--particles" in capsys.readouterr().err
+
+
+def test_unknown_method_is_an_argparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["countdown", "solve", "--problems", "x", "--method", "magic", "--out", "y"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
