@@ -15,7 +15,6 @@ import sys
 COMMAND_MODULES = (
     "ppl.commands.demo",
     "ppl.commands.solve",
-    "ppl.commands.generate",
     "ppl.judges.cli",
 )
 
@@ -24,13 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppl", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:  # command group not built yet
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
