@@ -73,7 +73,9 @@ def answer_posterior(answers: Sequence[Hashable | None], vote: np.ndarray) -> An
         mass[answer] = mass.get(answer, 0.0) + float(v)
         if answer not in top or v > vote[top[answer]]:
             top[answer] = i
-    classes = sorted(mass, key=lambda a: (-mass[a], top[a]))
     total = sum(mass.values())
-    probs = np.array([mass[a] / total if total > 0 else 1.0 / len(classes) for a in classes])
+    if total <= 0:  # no trace with an answer has any vote
+        return AnswerPosterior([], np.zeros(0), [])
+    classes = sorted(mass, key=lambda a: (-mass[a], top[a]))
+    probs = np.array([mass[a] / total for a in classes])
     return AnswerPosterior(classes, probs, [top[a] for a in classes])
