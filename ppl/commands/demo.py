@@ -41,13 +41,28 @@ def _parse_list(text: str, kind: type, name: str) -> list:
     return values
 
 
+def expected_calibration_error(confidence: list[float], correct: list[bool], bins: int = 10) -> float:
+    """ECE: the bin-size-weighted gap between mean confidence and accuracy over equal-width bins."""
+    import numpy as np
+
+    confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    gap = sum(abs(confidence[index == b].mean() - correct[index == b].mean()) * np.sum(index == b)
+              for b in range(bins) if np.any(index == b))
+    return float(gap / len(confidence))
+
+
 def summarise(records: list[dict]) -> dict:
     n = len(records)
+    confidence = [r["confidence"] for r in records]
+    correct = [r["correct"] for r in records]
     return {
-        "accuracy": sum(r["correct"] for r in records) / n,
+        "accuracy": sum(correct) / n,
         "tokens": sum(r["tokens"] for r in records) / n,
         "seconds": sum(r["seconds"] for r in records) / n,
-        "confidence": sum(r["confidence"] for r in records) / n,
+        "confidence": sum(confidence) / n,
+        "ece": expected_calibration_error(confidence, correct),
+        "pairs": [[c, bool(k)] for c, k in zip(confidence, correct, strict=True)],
     }
 
 
@@ -89,15 +104,16 @@ def run(args: argparse.Namespace) -> int:
     (out_dir / "demo.json").write_text(json.dumps(figures, indent=2))
     print(table(rows))
     plot(rows, out_dir / "demo.png", count)
-    print(f"wrote {out_dir / 'demo.json'} and {out_dir / 'demo.png'}")
+    reliability(rows, out_dir / "reliability.png")
+    print(f"wrote {out_dir / 'demo.json'}, {out_dir / 'demo.png'} and {out_dir / 'reliability.png'}")
     return 0
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'task':<11}{'method':<11}{'N':>4}{'accuracy':>10}{'tokens':>9}{'sec/problem':>13}"]
+    lines = [f"{'task':<11}{'method':<11}{'N':>4}{'accuracy':>10}{'tokens':>9}{'sec/problem':>13}{'ECE':>7}"]
     for r in rows:
         lines.append(f"{r['task']:<11}{r['method']:<11}{r['budget']:>4}{r['accuracy']:>10.3f}"
-                     f"{r['tokens']:>9.0f}{r['seconds']:>13.3f}")
+                     f"{r['tokens']:>9.0f}{r['seconds']:>13.3f}{r['ece']:>7.3f}")
     return "\n".join(lines)
 
 
@@ -122,6 +138,35 @@ def plot(rows: list[dict], path: Path, count: int) -> None:
         ax.set_title(f"{task} ({count} held-out problems)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def reliability(rows: list[dict], path: Path, bins: int = 10) -> None:
+    """Reliability diagram of the particle filter's answer confidence, pooled over budgets, per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        pairs = np.array([p for r in rows if r["task"] == task and r["method"] == "pf" for p in r["pairs"]], float)
+        if len(pairs) == 0:
+            continue
+        index = np.minimum((pairs[:, 0] * bins).astype(int), bins - 1)
+        centers = [(b + 0.5) / bins for b in range(bins) if np.any(index == b)]
+        accuracy = [pairs[index == b, 1].mean() for b in range(bins) if np.any(index == b)]
+        ece = expected_calibration_error(list(pairs[:, 0]), list(pairs[:, 1].astype(bool)), bins)
+        ax.bar(centers, accuracy, width=1 / bins, edgecolor="k", alpha=0.7, label="pf accuracy per bin")
+        ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+        ax.set_xlabel("reported confidence (posterior mass of the answer)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{task}: pf, all budgets, ECE {ece:.3f}")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
