@@ -195,6 +195,11 @@ class SMC:
 
         return propagate
 
+    def _body(self, args: tuple) -> Callable[[SMCCarry, tuple[Array, Array]], tuple[SMCCarry, SMCStepInfo]]:
+        """The scan body: ``smc_step`` with this engine's propagation and resampler (a hook for
+        kernels whose resampling also sees the step index or the particles)."""
+        return functools.partial(smc_step, propagate=self._propagate(args), resampler=self.resampler)
+
     def run_unchecked(self, rng_key: Array, *args) -> SMCResult:
         """The whole run as a pure function of the key and the program's arguments."""
         init_key, scan_key = jax.random.split(rng_key)
@@ -203,7 +208,7 @@ class SMC:
         )
         carry, init_status = init_carry(particles, log_weights)
         num_steps = self.program.num_steps
-        body = functools.partial(smc_step, propagate=self._propagate(args), resampler=self.resampler)
+        body = self._body(args)
         xs = (jnp.arange(num_steps, dtype=jnp.int32), jax.random.split(scan_key, num_steps))
         carry, info = jax.lax.scan(body, carry, xs)
         return SMCResult(
