@@ -32,7 +32,7 @@ class Fit:
 
 def fit(model: Callable, *, seed: int = 0, num_samples: int = 500, num_warmup: int = 500,
         svi: bool = False, svi_steps: int = 3000, learning_rate: float = 0.02,
-        init_values: dict | None = None, target_accept: float = 0.8) -> Fit:
+        init_values: dict | None = None, target_accept: float = 0.8, max_tree_depth: int = 8) -> Fit:
     """Draw from the posterior of `model()` with NUTS (one chain) or, when `svi`, with a mean-field guide."""
     key_run, key_draw = jax.random.split(jax.random.PRNGKey(seed))
     init = init_to_value(values=init_values) if init_values else init_to_median
@@ -44,7 +44,7 @@ def fit(model: Callable, *, seed: int = 0, num_samples: int = 500, num_warmup: i
         sites = _latent_sites(model, key_draw)
         samples = {k: np.asarray(v) for k, v in draws.items() if k in sites}
         return Fit(samples, "svi", losses=np.asarray(result.losses))
-    kernel = NUTS(model, init_strategy=init, target_accept_prob=target_accept)
+    kernel = NUTS(model, init_strategy=init, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=1, progress_bar=False)
     mcmc.run(key_run, extra_fields=("diverging",))
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
