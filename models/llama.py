@@ -117,9 +117,11 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dtype)
         self.config = config
 
-    def __call__(self, x, positions, k_cache, v_cache, dest, key_positions, inv_freq):
+    def __call__(self, x, positions, k_cache, v_cache, layer, dest, key_positions, inv_freq):
         """Attend from the chunk `x` [B, T, C] to the cache after writing the chunk into it.
 
+        `k_cache`/`v_cache` are every layer's caches [L, B, S, K, D]; this layer's is
+        `layer`, updated in place (no per-layer slice and re-stack of the whole cache).
         `dest` [B, T] is each token's cache slot (out of range for padding: dropped);
         `key_positions` [B, S] the slots' positions after the write.
         """
@@ -133,19 +135,20 @@ class Attention(nnx.Module):
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
         rows = jnp.arange(batch)[:, None]
-        k_cache = k_cache.at[rows, dest].set(k.astype(k_cache.dtype), mode="drop")
-        v_cache = v_cache.at[rows, dest].set(v.astype(v_cache.dtype), mode="drop")
+        k_cache = k_cache.at[layer, rows, dest].set(k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[layer, rows, dest].set(v.astype(v_cache.dtype), mode="drop")
+        keys, values = k_cache[layer], v_cache[layer]
 
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(batch, length, c.num_kv_heads, groups, c.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k_cache, preferred_element_type=jnp.float32)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
         scores = scores / math.sqrt(c.head_dim)
         visible = (key_positions[:, None, :] >= 0) & (key_positions[:, None, :] <= positions[:, :, None])
         if c.sliding_window is not None:
             visible &= key_positions[:, None, :] > positions[:, :, None] - c.sliding_window
         scores = jnp.where(visible[:, None, None], scores, MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache)
+        probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, values)
         return self.o_proj(out.reshape(batch, length, -1)), k_cache, v_cache
 
 
@@ -167,9 +170,9 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = MLP(config, dtype, rngs)
 
-    def __call__(self, x, positions, k_cache, v_cache, dest, key_positions, inv_freq):
+    def __call__(self, x, positions, k_cache, v_cache, layer, dest, key_positions, inv_freq):
         attn, k_cache, v_cache = self.self_attn(
-            self.input_layernorm(x), positions, k_cache, v_cache, dest, key_positions, inv_freq
+            self.input_layernorm(x), positions, k_cache, v_cache, layer, dest, key_positions, inv_freq
         )
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), k_cache, v_cache
@@ -220,14 +223,12 @@ class Llama(nnx.Module):
         inv_freq = rope_inverse_frequencies(self.config)
 
         x = self.embed_tokens(jnp.where(mask, tokens, 0))
-        new_k, new_v = [], []
+        k, v = cache.k, cache.v
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, positions, cache.k[i], cache.v[i], dest, key_positions, inv_freq)
-            new_k.append(k)
-            new_v.append(v)
+            x, k, v = layer(x, positions, k, v, i, dest, key_positions, inv_freq)
         cache = KVCache(
-            k=jnp.stack(new_k),
-            v=jnp.stack(new_v),
+            k=k,
+            v=v,
             positions=key_positions,
             length=cache.length + jnp.sum(mask, axis=1, dtype=jnp.int32),
         )
