@@ -170,3 +170,20 @@ def test_mixture_enumeration_equals_brute_force():
     np.testing.assert_allclose(np.exp(ts.mixture_log_joint(LIK, PRIOR)), brute, rtol=1e-5)
     model_logp, _ = log_density(ts.mixture, (LIK, PRIOR), {}, {})
     np.testing.assert_allclose(model_logp, np.log(brute.sum()), rtol=1e-5)
+
+
+def test_odd_one_out_problems_and_picks():
+    from ppl import thinksum_oddoneout as odd
+    from ppl.tasks import arithmetic
+
+    for p in odd.make_problems(2000, 5, pool=300):
+        values = [arithmetic.evaluate(e) for e in p.expressions]
+        assert values.count(values[p.odd]) == 1 and len(set(values)) == 2
+    rng = np.random.default_rng(0)
+    assert odd.direct_pick([5, 5, 7, 5], rng) == 2
+    assert odd.direct_pick([5, None, 5, 5], rng) == 1
+    assert {odd.direct_pick([5, 6, 7, 7], rng) for _ in range(50)} == {0, 1}
+    q, candidates = odd.value_probs([[5, 5, None], [5, 6, 6]])
+    assert candidates == [5, 6]
+    np.testing.assert_allclose(q, [[2.5 / 4.5, 0.5 / 4.5], [1.5 / 4.5, 2.5 / 4.5]])
+    assert odd.thinksum_pick([[5] * 8, [5] * 8, [9] * 8, [5] * 8])[0] == 2
