@@ -13,6 +13,7 @@ S samples through the NumPyro odd-one-out model. Writes JSON, prints a table.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ def main() -> None:
     s = result["summary"]
     result["config"] = {
         "lm": args.lm,
+        "lm_sha256": hashlib.sha256((Path(args.lm) / "model.safetensors").read_bytes()).hexdigest()[:16],
         "problems": args.problems,
         "samples": args.samples,
         "seed": args.seed,
