@@ -368,16 +368,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="models/shipped", help="writes OUT/lm and OUT/prm")
     parser.add_argument("--seed", type=int, default=0, help=f"data and init seed (must differ from {EVAL_SEED})")
-    parser.add_argument("--lm-steps", type=int, default=500)
-    parser.add_argument("--lm-batch", type=int, default=32)
+    parser.add_argument("--lm-steps", type=int, default=1100)
+    parser.add_argument("--lm-batch", type=int, default=16)
     parser.add_argument("--lm-lr", type=float, default=3e-3)
-    parser.add_argument("--prm-steps", type=int, default=150)
-    parser.add_argument("--prm-batch", type=int, default=32)
+    parser.add_argument("--prm-steps", type=int, default=250)
+    parser.add_argument("--prm-batch", type=int, default=16)
     parser.add_argument("--prm-lr", type=float, default=1e-3)
     parser.add_argument("--prm-sampled", type=int, default=4000, help="LM-sampled PRM training traces")
     parser.add_argument("--prm-other", type=int, default=1000, help="corrupted traces, and as many correct ones")
     parser.add_argument("--eval-problems", type=int, default=200, help="held-out problems per task")
-    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--log-every", type=int, default=100)
     args = parser.parse_args(argv)
     if args.seed == EVAL_SEED:
         parser.error(f"seed {EVAL_SEED} is reserved for evaluation")
@@ -405,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     held_out = {task: problems(task, EVAL_SEED, args.eval_problems) for task in TASKS}
     accuracy = {task: greedy_accuracy(greedy, lm_params, tok, ps) for task, ps in held_out.items()}
     print(f"LM greedy accuracy on held-out problems: {accuracy}", flush=True)
+    save_pretrained(lm, out / "lm", tok)
 
     # PRM
     start = time.time()
@@ -473,7 +474,6 @@ def main(argv: list[str] | None = None) -> None:
         + f"; LM temperature-1 traces, 2 per problem, of `{{task}}.generate({EVAL_SEED}, {args.eval_problems})`",
         **common,
     }
-    save_pretrained(lm, out / "lm", tok)
     save_pretrained(prm, out / "prm", tok, PRM_TAGS)
     (out / "lm" / "README.md").write_text(model_card("Shipped tiny LM (Countdown + arithmetic)", lm_card, command))
     (out / "prm" / "README.md").write_text(model_card("Shipped tiny PRM (Countdown + arithmetic)", prm_card, command))

@@ -1,0 +1,119 @@
+"""The shipped tiny LM and PRM: they load, decode well-formed steps, score steps, and match transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import models
+from models.llama import Config, random_init
+from models.sampling import SamplingParams, generate, stop_table_from_bytes
+from models.saving import save_pretrained
+from models.tokenizer import build_tokenizer
+from models.train import EVAL_SEED, token_bytes
+from ppl.tasks import countdown
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shipped"
+LM, PRM = SHIPPED / "lm", SHIPPED / "prm"
+needs_shipped = pytest.mark.skipif(
+    not all((d / "model.safetensors").is_file() for d in (LM, PRM)),
+    reason="models/shipped is not trained yet (python -m models.train --out models/shipped --seed 0)",
+)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return models.load(LM)
+
+
+@pytest.fixture(scope="module")
+def prm():
+    return models.load(PRM)
+
+
+def _prompt(tok, problem) -> np.ndarray:
+    return np.asarray([[tok.bos_token_id] + tok.encode(countdown.prompt(problem))], np.int32)
+
+
+@needs_shipped
+@pytest.mark.parametrize("path", [LM, PRM])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_shipped_loads(path, dtype):
+    model, tok = models.load(path, dtype=dtype)
+    ids = jnp.asarray([[tok.bos_token_id, *tok.encode("countdown 1 2 3 4 -> 10\n")]])
+    logits = model(ids)
+    assert logits.shape == (1, ids.shape[1], len(tok))
+    assert bool(jnp.all(jnp.isfinite(logits)))
+    assert (path / "model.safetensors").stat().st_size < 8 * 2**20
+
+
+@needs_shipped
+def test_tokenizer_round_trip(lm):
+    _, tok = lm
+    assert len(tok) == len(build_tokenizer())
+    text = countdown.prompt(countdown.Problem((3, 7, 12, 25), 34)) + "7*3=21\n25+21=46\n46-12=34\n"
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.encode(text) == build_tokenizer().encode(text)
+
+
+@needs_shipped
+def test_greedy_step_is_well_formed(lm):
+    model, tok = lm
+    problem = countdown.generate(EVAL_SEED, 1)[0]
+    stops = stop_table_from_bytes(token_bytes(tok), ("\n",), (tok.eos_token_id,))
+    out = generate(model, jax.random.key(0), jnp.asarray(_prompt(tok, problem)), None, SamplingParams(0.0), stops)
+    text = tok.decode(np.asarray(out.tokens[0, : int(out.length[0])]))
+    assert text.endswith("\n")
+    assert countdown.parse_step(text) is not None, text
+
+
+@needs_shipped
+def test_prm_probabilities_at_step_tags(prm):
+    model, tok = prm
+    config = json.loads((PRM / "config.json").read_text())
+    keys = ("prm_type", "step_tag", "good_token", "bad_token")
+    assert tuple(config[k] for k in keys) == ("token", "\n", "+", "-")
+    good, bad = tok.convert_tokens_to_ids([config["good_token"], config["bad_token"]])
+    problem = countdown.Problem((3, 7, 12, 25), 34)
+    ids = list(_prompt(tok, problem)[0])
+    tags = []
+    for step in ("7*3=21", "25+21=46", "46-12=34"):
+        ids += tok.encode(step + "\n")
+        tags.append(len(ids) - 1)
+    logits = model(jnp.asarray([ids]))[0, jnp.asarray(tags)]
+    p_good = jax.nn.softmax(logits[:, jnp.asarray([good, bad])], axis=-1)[:, 0]
+    assert bool(jnp.all((p_good > 0) & (p_good < 1)))
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    tok = build_tokenizer()
+    config = Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8
+    )
+    model = random_init(config, seed=3)
+    save_pretrained(model, tmp_path, tok, {"step_tag": "\n"})
+    loaded, loaded_tok = models.load(tmp_path)
+    assert loaded.config == config
+    assert json.loads((tmp_path / "config.json").read_text())["step_tag"] == "\n"
+    ids = jnp.asarray([tok.encode("countdown 1 2 3 4 -> 10\n4*3=12\n")])
+    np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(loaded(ids)))
+    assert loaded_tok.encode("12+3=15\n") == tok.encode("12+3=15\n")
+
+
+@needs_shipped
+@pytest.mark.parametrize("path", [LM, PRM])
+def test_transformers_gives_same_logits(path):
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    ours, tok = models.load(path)
+    theirs = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = [tok.bos_token_id, *tok.encode("arithmetic (3+4)*5\n3+4=7\n7*5=35\nanswer 35\n")]
+    with torch.no_grad():
+        expected = theirs(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray([ids]))), expected, atol=1e-4, rtol=0)
