@@ -36,9 +36,9 @@ import numpy as np
 
 import ppl
 from inference import SMC
-from models.llama import Config, num_parameters, random_init
+from models.llama import Config, KVCache, num_parameters, random_init
 from models.prm import PRM
-from models.sampling import SamplingParams, prefill, sample_step, stop_table_from_bytes
+from models.sampling import LMState, SamplingParams, prefill, sample_step, stop_table_from_bytes
 from ppl import reasoning
 
 CONFIG = Config(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4,
@@ -67,6 +67,16 @@ def make_program(steps: int, params: SamplingParams, stops):
     return ppl.StateSpaceProgram(init, step, num_steps=steps)
 
 
+def broadcast_rows(lm_state: LMState, n: int) -> LMState:
+    """`n` copies of a batch-1 LM state as one batch (the cache's batch axis is 1, after layers)."""
+    cache = lm_state.cache
+    return LMState(
+        KVCache(jnp.repeat(cache.k, n, axis=1), jnp.repeat(cache.v, n, axis=1),
+                jnp.repeat(cache.positions, n, axis=0), jnp.repeat(cache.length, n, axis=0)),
+        jnp.repeat(lm_state.next_logits, n, axis=0),
+    )
+
+
 def timed(fn, *args):
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
@@ -84,7 +94,7 @@ def bench(n: int, steps: int, max_tokens: int, repeats: int, lm, prompt) -> dict
 
     @jax.jit
     def run_plain(key, lm_state, lm):
-        state = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), lm_state)
+        state = broadcast_rows(lm_state, n)
 
         def body(state, key):
             result = sample_step(lm, key, state, params, stops)
@@ -100,8 +110,9 @@ def bench(n: int, steps: int, max_tokens: int, repeats: int, lm, prompt) -> dict
     assert int(np.asarray(result.particles.step_lengths).sum()) == n * steps * max_tokens
     assert bool(np.all(np.asarray(result.resampled)))
     t0 = time.perf_counter()
-    _, (tokens, lengths) = run_plain(jax.random.key(0), lm_state, lm)
+    final, (tokens, lengths) = run_plain(jax.random.key(0), lm_state, lm)
     jax.block_until_ready(tokens)
+    assert final.cache.k.shape[1] == n and bool(jnp.all(final.cache.length == capacity))
     compile_plain = time.perf_counter() - t0
     assert int(np.asarray(lengths).sum()) == n * steps * max_tokens
 
