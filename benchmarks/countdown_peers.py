@@ -28,7 +28,7 @@ an untimed warm-up call first. Systems alternate per budget so background load
 hits them alike. llamppl runs on the first `--pf-problems` problems only (it is
 slow); the speedup lines give ours' accuracy on that same subset.
 
-    python benchmarks/countdown_peers.py [--problems 24] [--bon 16 64] [--pf 16] [--pf-problems 12]
+    python benchmarks/countdown_peers.py [--problems 20] [--bon 16 64] [--pf 16] [--pf-problems 8]
         [--models models/shipped] [--out benchmarks/results/countdown_peers.json]
 """
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -286,12 +287,12 @@ def logits_check(lm, hf_lm, tokenizer, problem) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--problems", type=int, default=24, help=f"countdown.generate({EVAL_SEED}, n)")
+    parser.add_argument("--problems", type=int, default=20, help=f"countdown.generate({EVAL_SEED}, n)")
     parser.add_argument("--bon", type=int, nargs="*", default=[16, 64], help="best-of-N budgets")
     parser.add_argument("--pf", type=int, nargs="*", default=[16], help="particle-filter budgets")
-    parser.add_argument("--single", type=int, nargs="*", default=[16],
+    parser.add_argument("--single", type=int, nargs="*", default=[],
                         help="budgets at which ours also runs one problem per call (one more compile each)")
-    parser.add_argument("--pf-problems", type=int, default=12, help="problems for the llamppl rows (the first k)")
+    parser.add_argument("--pf-problems", type=int, default=8, help="problems for the llamppl rows (the first k)")
     parser.add_argument("--torch-threads", default="auto",
                         help="'auto': the faster of 1 and os.cpu_count() threads, timed on a warm-up generate")
     parser.add_argument("--models", default="models/shipped", help="DIR with lm/ and prm/")
@@ -395,6 +396,9 @@ def main(argv: list[str] | None = None) -> None:
         "problems": f"countdown.generate({EVAL_SEED}, {len(problems)})",
         "llamppl_problems": len(pf_problems),
         "models": str(root),
+        "checkpoint_sha256": {
+            part: hashlib.sha256((root / part / "model.safetensors").read_bytes()).hexdigest() for part in ("lm", "prm")
+        },
         "seed": args.seed,
         "max_new_tokens_hf": MAX_NEW,
         "step_token_cap": STEP_TOKENS,
