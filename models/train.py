@@ -43,7 +43,7 @@ from models.sampling import (
     SamplingParams,
     prefill,
     sample_step,
-    stop_table_from_bytes,
+    stop_table,
 )
 from models.saving import save_pretrained
 from models.tokenizer import build_tokenizer
@@ -142,16 +142,6 @@ def prompt_array(tok: Any, batch: list[Problem]) -> tuple[np.ndarray, np.ndarray
 # ---------------------------------------------------------------- sampling
 
 
-def token_bytes(tok: Any) -> list[bytes]:
-    """The bytes of each token id of a byte-level BPE (GPT-2's byte-to-character map inverted)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    decoder = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
-    special = set(tok.all_special_tokens)
-    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
-    return [p.encode() if p in special else bytes(decoder[ch] for ch in p) for p in pieces]
-
-
 def make_sampler(graphdef: Any, tok: Any, temperature: float) -> Callable:
     """Jitted `(params, key, ids, mask) -> (tokens [S, B, T], lengths [S, B], stops [S, B])`.
 
@@ -159,7 +149,7 @@ def make_sampler(graphdef: Any, tok: Any, temperature: float) -> Callable:
     stops after `<eos>`.
     """
     params_ = SamplingParams(temperature=temperature, max_tokens=STEP_TOKENS)
-    stops = stop_table_from_bytes(token_bytes(tok), ("\n",), (tok.eos_token_id,))
+    stops = stop_table(tok, ("\n",), (tok.eos_token_id,))
 
     @jax.jit
     def sample(params, key, ids, mask):
@@ -368,13 +358,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="models/shipped", help="writes OUT/lm and OUT/prm")
     parser.add_argument("--seed", type=int, default=0, help=f"data and init seed (must differ from {EVAL_SEED})")
-    parser.add_argument("--lm-steps", type=int, default=1100)
-    parser.add_argument("--lm-batch", type=int, default=16)
+    parser.add_argument("--lm-steps", type=int, default=3000)
+    parser.add_argument("--lm-batch", type=int, default=32)
     parser.add_argument("--lm-lr", type=float, default=3e-3)
-    parser.add_argument("--prm-steps", type=int, default=250)
+    parser.add_argument("--prm-steps", type=int, default=600)
     parser.add_argument("--prm-batch", type=int, default=16)
     parser.add_argument("--prm-lr", type=float, default=1e-3)
-    parser.add_argument("--prm-sampled", type=int, default=4000, help="LM-sampled PRM training traces")
+    parser.add_argument("--prm-sampled", type=int, default=3000, help="LM-sampled PRM training traces")
     parser.add_argument("--prm-other", type=int, default=1000, help="corrupted traces, and as many correct ones")
     parser.add_argument("--eval-problems", type=int, default=200, help="held-out problems per task")
     parser.add_argument("--log-every", type=int, default=100)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.sampling import stop_table_from_bytes
+from models.sampling import stop_table
 from models.tokenizer import build_tokenizer
 from ppl.errors import InputError
 from ppl.tasks import arithmetic, countdown
@@ -22,14 +22,8 @@ def tok():
 
 @pytest.fixture(scope="module")
 def table(tok):
-    """`StopTable.token_bytes` of the shipped tokenizer (byte-level pieces mapped back to bytes)."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
-    special = set(tok.all_special_tokens)
-    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
-    vocab = [p.encode() if p in special else bytes(byte_of[ch] for ch in p) for p in pieces]
-    return stop_table_from_bytes(vocab).token_bytes
+    """`StopTable.token_bytes` of the shipped tokenizer."""
+    return stop_table(tok).token_bytes
 
 
 def encode_lines(tok, lines, steps=None):

@@ -12,10 +12,10 @@ import pytest
 
 import models
 from models.llama import Config, random_init
-from models.sampling import SamplingParams, generate, stop_table_from_bytes
+from models.sampling import SamplingParams, generate, stop_table
 from models.saving import save_pretrained
 from models.tokenizer import build_tokenizer
-from models.train import EVAL_SEED, token_bytes
+from models.train import EVAL_SEED
 from ppl.tasks import countdown
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shipped"
@@ -65,7 +65,7 @@ def test_tokenizer_round_trip(lm):
 def test_greedy_step_is_well_formed(lm):
     model, tok = lm
     problem = countdown.generate(EVAL_SEED, 1)[0]
-    stops = stop_table_from_bytes(token_bytes(tok), ("\n",), (tok.eos_token_id,))
+    stops = stop_table(tok, ("\n",), (tok.eos_token_id,))
     out = generate(model, jax.random.key(0), jnp.asarray(_prompt(tok, problem)), None, SamplingParams(0.0), stops)
     text = tok.decode(np.asarray(out.tokens[0, : int(out.length[0])]))
     assert text.endswith("\n")
