@@ -13,8 +13,13 @@ answer is picked (`inference.answers`):
 | `wmajority` | N independent samples                       | answer with the largest summed product of step scores |
 | `beam`      | keep the N/4 best by PRM, expand each 4x    | best trace by final PRM score        |
 | `pf`        | particle filter: PRM as likelihood, resampling | answer with the largest SMC posterior mass |
+| `epf`       | entropic PF: `ess` tempered resampling early (look-ahead optional) | as `pf`          |
+| `pg`        | particle Gibbs: K sweeps of P particles, K * P <= N | most frequent answer among the K draws |
 
-Budget is N, the number of particles (samples, beams).
+Budget is N, the number of particles (samples, beams); `pg` splits it as
+P = min(N, max(2, 2^floor(floor(log2 N) / 2))) particles per sweep and K = N // P sweeps
+(16 -> 4 x 4, 64 -> 8 x 8), the first sweep unconditional. `epf` with look-ahead drafts one
+extra step per particle per step, which its token count does not include.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from inference.entropic import EntropicPF
+from inference.pmcmc import ChainResult, ParticleGibbs
 from inference.smc import SMC
 from models.sampling import SamplingParams, StopTable
 from ppl import reasoning
 from ppl.program import StateSpaceProgram
 
-METHODS = ("greedy", "bon", "wbon", "majority", "wmajority", "beam", "pf")
+METHODS = ("greedy", "bon", "wbon", "majority", "wmajority", "beam", "pf", "epf", "pg")
 # method -> (answer rule, PRM aggregation of the trace's step rewards)
 SELECTION = {
     "greedy": ("best", "last"),
@@ -41,6 +48,8 @@ SELECTION = {
     "wmajority": ("weighted", "prod"),
     "beam": ("best", "last"),
     "pf": ("posterior", "last"),
+    "epf": ("posterior", "last"),
+    "pg": ("majority", "last"),
 }
 BEAM_EXPANSION = 4
 
@@ -55,6 +64,7 @@ class SearchSpec:
     beta: float = 1.0
     resampling: str = "systematic"
     ess_threshold: float = 0.5
+    lookahead: bool = False  # epf only
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -69,14 +79,33 @@ class SearchSpec:
     def sampling(self, params: SamplingParams) -> SamplingParams:
         return dataclasses.replace(params, temperature=0.0) if self.method == "greedy" else params
 
-    def engine(self, program: StateSpaceProgram) -> SMC:
-        """The SMC configuration that runs this method."""
+    def engine(self, program: StateSpaceProgram) -> SMC | ChainEngine:
+        """The engine (``run_unchecked(key, *args)``, pure) that runs this method."""
         n = self.particles
+        if self.method == "epf":
+            return EntropicPF(
+                program, n, "ess", self.ess_threshold, resampling=self.resampling, lookahead=self.lookahead,
+                record_deterministic=True,
+            )
+        if self.method == "pg":
+            per_sweep = min(n, max(2, 1 << ((n.bit_length() - 1) // 2)))
+            return ChainEngine(ParticleGibbs(program, per_sweep), max(1, n // per_sweep))
         if self.method == "pf":
             return SMC(program, n, self.resampling, self.ess_threshold, record_deterministic=True)
         if self.method == "beam":
             return SMC(program, n, top_k_scheme(BEAM_EXPANSION), 1.0, record_deterministic=True)
         return SMC(program, n, "systematic", 0.0, record_deterministic=True)  # independent samples
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainEngine:
+    """A particle-MCMC chain of ``num_iterations`` sweeps, run like an SMC engine."""
+
+    kernel: ParticleGibbs
+    num_iterations: int
+
+    def run_unchecked(self, rng_key: jax.Array, *args) -> ChainResult:
+        return self.kernel.run_chain(rng_key, self.num_iterations, *args)
 
 
 def top_k_scheme(expansion: int):
