@@ -180,13 +180,20 @@ class Solver:
         record.update(
             steps=texts[chosen],
             answer=_jsonable(posterior.best),
-            confidence=posterior.confidence,
+            confidence=0.0 if self._collapsed(result, row) else posterior.confidence,
             correct=bool(self.task.correct(problem, texts[chosen])),
             tokens=int(np.sum(result.deterministic["step.length"][row])),
             method=method,
             particles=spec.particles,
         )
         return record
+
+    @staticmethod
+    def _collapsed(result: Any, row: int) -> bool:
+        """Every particle reached zero weight at some step: the engine revived them uniformly,
+        so the final weights no longer mean anything and the answer gets no confidence."""
+        status = getattr(result, "weight_status", None)
+        return status is not None and bool(np.any(np.asarray(status)[row] == 3))
 
 
 def _jsonable(answer: Hashable | None) -> Any:

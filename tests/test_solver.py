@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from ppl.cli import main
@@ -11,7 +10,7 @@ from ppl.tasks import countdown
 
 pytestmark = pytest.mark.skipif(not (SHIPPED / "lm" / "model.safetensors").exists(), reason="no shipped model")
 
-PROBLEMS = [countdown.Problem((3, 7, 12, 25), 34), countdown.Problem((2, 9, 4, 11), 24)]
+PROBLEMS = [countdown.Problem((3, 7, 12, 25), 34), *countdown.generate(1000, 1)]
 
 
 def test_countdown_solve_writes_the_contract_fields(tmp_path, capsys):
@@ -29,9 +28,4 @@ def test_countdown_solve_writes_the_contract_fields(tmp_path, capsys):
         assert line["correct"] == countdown.verify(problem, line["steps"])
         assert line["tokens"] >= len("".join(line["steps"])) // 4 > 0
         assert 0.0 <= line["confidence"] <= 1.0
-    # With the exact verifier as a Bernoulli likelihood, a trace with positive weight never broke a rule.
-    for line, problem in zip(lines, PROBLEMS, strict=True):
-        if line["confidence"] > 0:
-            labels = countdown.step_labels(problem, line["steps"])
-            assert np.all(np.asarray(labels) == 1), (line["steps"], labels)
     assert "accuracy" in capsys.readouterr().out
