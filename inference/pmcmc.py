@@ -37,6 +37,7 @@ conditional SMC with forced ancestors is not a known-invariant kernel; run more 
 
 from __future__ import annotations
 
+import abc
 import functools
 from typing import Any, NamedTuple
 
@@ -302,11 +303,13 @@ class _ParticleKernel(MCMCKernel):
     def _check(self, state, args: tuple) -> None:
         """Host-side validation of a chain's first state (nothing by default)."""
 
+    @abc.abstractmethod
     def _init(self, rng_key: Array, init_params: Any, args: tuple):
-        raise NotImplementedError
+        """One chain's initial state (pure, jittable)."""
 
+    @abc.abstractmethod
     def _sample(self, state, args: tuple):
-        raise NotImplementedError
+        """One chain's next state (pure, jittable)."""
 
 
 class PGState(NamedTuple):

@@ -1,7 +1,6 @@
 """SMC on state-space programs against exact answers: Kalman filter, HMM forward algorithm,
 enumeration of a tiny token model; plus done-freezing, determinism, compile count, errors."""
 
-import itertools
 import re
 from typing import NamedTuple
 
@@ -15,6 +14,27 @@ from scipy.stats import norm
 
 from inference import SMC, WeightError
 from ppl import StateSpaceProgram
+from tests.models_for_tests import (
+    EMIT,
+    LENGTH,
+    LOG_LM,
+    OBS,
+    PI,
+    TRANS,
+    VOCAB,
+    YS,
+    assert_close_in_mc_error,
+    exact_token_posterior,
+    hmm_init,
+    hmm_step,
+    kalman,
+    lg_init,
+    lg_step,
+    log_reward,
+    token_init,
+    token_step,
+    total_variation,
+)
 
 NUM_SEEDS = 200
 KEYS = jax.random.split(jax.random.PRNGKey(42), NUM_SEEDS)
@@ -25,38 +45,7 @@ def run_many(smc: SMC, *args):
     return jax.jit(lambda keys: jax.lax.map(lambda k: smc.run_unchecked(k, *args), keys))(KEYS)
 
 
-def assert_close_in_mc_error(samples, exact, slack=0.0, num_se=4.0):
-    """Mean of per-seed estimates within num_se standard errors (+ slack for O(1/N) bias)."""
-    samples = np.asarray(samples)
-    se = samples.std(axis=0) / np.sqrt(samples.shape[0])
-    np.testing.assert_array_less(np.abs(samples.mean(axis=0) - exact), num_se * se + slack)
-
-
 # (a) Linear-Gaussian state-space model vs the Kalman filter.
-A, Q, R, P0 = 0.8, 0.5, 0.4, 1.0
-YS = jnp.array([0.3, -0.5, 1.2, 0.8, -0.1])
-
-
-def lg_init(ys):
-    return {"x": numpyro.sample("x0", dist.Normal(0.0, np.sqrt(P0)))}
-
-
-def lg_step(state, t, ys):
-    x = numpyro.sample("x", dist.Normal(A * state["x"], np.sqrt(Q)))
-    numpyro.sample("y", dist.Normal(x, np.sqrt(R)), obs=ys[t])
-    return {"x": x}
-
-
-def kalman(ys):
-    mean, var, log_lik = 0.0, P0, 0.0
-    for y in np.asarray(ys):
-        mean, var = A * mean, A * A * var + Q
-        log_lik += norm.logpdf(y, mean, np.sqrt(var + R))
-        gain = var / (var + R)
-        mean, var = mean + gain * (y - mean), (1 - gain) * var
-    return log_lik, mean
-
-
 @pytest.mark.parametrize(
     "scheme, threshold",
     [("systematic", 0.5), ("stratified", 0.5), ("residual", 0.5), ("multinomial", 1.0), ("systematic", 0.0)],
@@ -85,22 +74,6 @@ def test_linear_gaussian_matches_kalman(scheme, threshold):
 
 
 # (b) Discrete HMM vs the forward algorithm.
-PI = jnp.array([0.5, 0.3, 0.2])
-TRANS = jnp.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
-EMIT = jnp.array([[0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.2, 0.2, 0.6]])
-OBS = jnp.array([0, 2, 2, 1, 0, 2])
-
-
-def hmm_init(obs):
-    return {"z": numpyro.sample("z0", dist.Categorical(PI))}
-
-
-def hmm_step(state, t, obs):
-    z = numpyro.sample("z", dist.Categorical(TRANS[state["z"]]))
-    numpyro.sample("y", dist.Categorical(EMIT[z]), obs=obs[t])
-    return {"z": z}
-
-
 def test_hmm_filtering_matches_forward_algorithm():
     alpha, log_lik = np.asarray(PI), 0.0
     for y in np.asarray(OBS):
@@ -117,27 +90,6 @@ def test_hmm_filtering_matches_forward_algorithm():
 
 
 # (c) A tiny token model with a per-step reward, vs exact enumeration of all sequences.
-VOCAB, LENGTH = 3, 3
-LOG_LM = jnp.log(jnp.array([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6], [0.4, 0.4, 0.2], [0.6, 0.3, 0.1]]))
-SCORE = jnp.array([[0.0, -1.0, 0.5], [-0.5, 1.0, 0.0], [0.3, -2.0, 1.0]])  # [t, token]
-REPEAT_BONUS = 0.7
-BOS = VOCAB
-
-
-def log_reward(t, token, prev):
-    return SCORE[t, token] + REPEAT_BONUS * (token == prev)
-
-
-def token_init():
-    return {"tokens": jnp.zeros(LENGTH, jnp.int32), "prev": jnp.int32(BOS)}
-
-
-def token_step(state, t):
-    token = numpyro.sample("tok", dist.Categorical(logits=LOG_LM[state["prev"]]))
-    numpyro.factor("reward", log_reward(t, token, state["prev"]))
-    return {"tokens": state["tokens"].at[t].set(token), "prev": token}
-
-
 def reversed_lm_proposal_step(state, t):
     numpyro.sample("tok", dist.Categorical(logits=LOG_LM[state["prev"], ::-1]))
 
@@ -155,26 +107,11 @@ def tempered_sampler_step(state, t):
     return {"tokens": state["tokens"].at[t].set(token), "prev": token}
 
 
-def exact_token_posterior():
-    log_post = np.zeros(VOCAB**LENGTH)
-    for index, seq in enumerate(itertools.product(range(VOCAB), repeat=LENGTH)):
-        prev = BOS
-        for t, token in enumerate(seq):
-            log_post[index] += LOG_LM[prev, token] + log_reward(t, token, prev)
-            prev = token
-    post = np.exp(log_post - log_post.max())
-    return post / post.sum()
-
-
 @jax.jit
 def sequence_posteriors(results):
     """Per-seed weighted histograms over the VOCAB**LENGTH sequences."""
     codes = results.particles["tokens"] @ (VOCAB ** jnp.arange(LENGTH - 1, -1, -1))
     return jax.vmap(lambda w, c: jnp.zeros(VOCAB**LENGTH).at[c].add(w))(results.normalized_weights, codes)
-
-
-def total_variation(p, q):
-    return 0.5 * np.abs(p - q).sum(axis=-1)
 
 
 def test_token_posterior_converges_to_enumeration():

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ppl.errors import InputError
+from ppl.tasks.jsonl import read_jsonl
 
 NUM_NUMBERS = 4
 NUMBER_RANGE = (1, 25)
@@ -316,21 +317,4 @@ def read_problems(path: str | PathLike) -> list[Problem]:
 
     Raises InputError with a one-line message (`line 3: ...` for a bad line).
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read ({err.__class__.__name__})") from None
-    problems = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            problems.append(_problem_from_json(line))
-        except InputError as err:
-            raise InputError(f"line {number}: {err}") from None
-    if not problems:
-        raise InputError(f"{path}: no problems (empty file)")
-    return problems
+    return read_jsonl(path, _problem_from_json)
