@@ -199,11 +199,82 @@ def sample_step(
 
     Rows with `active` False (e.g. finished particles) produce nothing and keep
     their state bit for bit. The token that triggers a stop is part of the step
-    and is written to the cache, so the next step continues after it.
+    and is written to the cache, so the next step continues after it. Row `b`
+    draws from its own key, `split(key, B)[b]`.
+
+    Under `vmap` (particles each holding a batch of rows) the vmapped axis is
+    folded into the row axis and the whole swarm runs as ONE batch in one loop:
+    a vmapped `while_loop` would instead stop only when every particle stops
+    and `select` its whole carry, KV cache included, on every token.
     """
     batch = state.next_logits.shape[0]
-    max_tokens = params.max_tokens
     running = jnp.ones((batch,), bool) if active is None else active.astype(bool)
+    return _row_sampler(params)(lm, jax.random.split(key, batch), state, stops, running)
+
+
+def draw(row_keys: jax.Array, logp: jax.Array) -> jax.Array:
+    """One token per row from log-probs [B, V] by inverting the CDF at one uniform per row.
+
+    Exact up to the float32 rounding of the cumulative sum, and ~30x cheaper on
+    CPU than Gumbel-max (`jax.random.categorical`), which draws V uniforms per row.
+    Tokens of probability 0 (top-k/top-p cuts) are never drawn: `u < cdf[-1]`.
+    """
+    cdf = jnp.cumsum(jnp.exp(logp), axis=-1)
+    u = jax.vmap(jax.random.uniform)(row_keys) * cdf[:, -1]
+    return jnp.sum(cdf <= u[:, None], axis=-1).astype(jnp.int32)
+
+
+def _state_axes(state: LMState) -> LMState:
+    """The row axis of each leaf of an `LMState` (the cache's K and V are layer-major)."""
+    return LMState(KVCache(1, 1, 0, 0), 0)
+
+
+def _fold(x: jax.Array, axis: int) -> jax.Array:
+    """[A, ..., B (at 1 + axis), ...] -> [..., A * B (at axis), ...]."""
+    x = jnp.moveaxis(x, 0, axis)
+    return x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2 :])
+
+
+def _unfold(x: jax.Array, axis: int, size: int) -> jax.Array:
+    """The inverse of `_fold`: [..., A * B, ...] -> [A, ..., B, ...]."""
+    x = x.reshape(x.shape[:axis] + (size, -1) + x.shape[axis + 1 :])
+    return jnp.moveaxis(x, axis, 0)
+
+
+def _row_sampler(params: SamplingParams):
+    """`sample_rows` for `params`, whose batching rule folds the vmapped axis into the rows."""
+
+    @jax.custom_batching.custom_vmap
+    def run(lm, row_keys, state, stops, running):
+        return _sample_rows(lm, row_keys, state, params, stops, running)
+
+    @run.def_vmap
+    def fold(size, in_batched, lm, row_keys, state, stops, running):
+        lm_batched, keys_batched, state_batched, stops_batched, running_batched = in_batched
+        if any(jax.tree.leaves((lm_batched, stops_batched))):  # several models: nothing shared to fold
+            axes = jax.tree.map(lambda b: 0 if b else None, in_batched)
+            out = jax.vmap(run, in_axes=tuple(axes))(lm, row_keys, state, stops, running)
+            return out, jax.tree.map(lambda _: True, out)
+
+        def rows(x, batched, axis):
+            x = x if batched else jnp.broadcast_to(x[None], (size, *x.shape))
+            return _fold(x, axis)
+
+        state = jax.tree.map(rows, state, state_batched, _state_axes(state))
+        result = run(lm, rows(row_keys, keys_batched, 0), state, stops, rows(running, running_batched, 0))
+        axes = StepResult(0, 0, 0, 0, 0, _state_axes(result.state))
+        out = jax.tree.map(lambda x, axis: _unfold(x, axis, size), result, axes)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return run
+
+
+def _sample_rows(
+    lm: Llama, row_keys: jax.Array, state: LMState, params: SamplingParams, stops: StopTable, running: jax.Array
+) -> StepResult:
+    """`sample_step` with one key per row and the running rows given: the loop itself."""
+    batch = state.next_logits.shape[0]
+    max_tokens = params.max_tokens
     history = jnp.full((batch, max(stops.stop_bytes.shape[1] - 1, 0)), -1, jnp.int32)
     zeros = jnp.zeros((batch, max_tokens), jnp.float32)
     carry = dict(
@@ -216,14 +287,14 @@ def sample_step(
         stop=jnp.full((batch,), STOP_CAP, jnp.int32),
         history=history,
         state=state,
-        key=key,
+        keys=row_keys,
     )
 
     def cond(c):
         return (c["i"] < max_tokens) & jnp.any(c["running"])
 
     def body(c):
-        key, subkey = jax.random.split(c["key"])
+        keys, subkeys = jnp.moveaxis(jax.vmap(jax.random.split)(c["keys"]), 1, 0)
         logits = c["state"].next_logits
         model_logp = jax.nn.log_softmax(logits, axis=-1)
         if params.temperature == 0.0:
@@ -231,7 +302,7 @@ def sample_step(
             sample_logp = jnp.zeros((batch,), jnp.float32)
         else:
             logp = sampling_log_probs(logits, params)
-            token = jax.random.categorical(subkey, logp).astype(jnp.int32)
+            token = draw(subkeys, logp)
             sample_logp = jnp.take_along_axis(logp, token[:, None], axis=1)[:, 0]
         run = c["running"]
         i = c["i"]
@@ -251,7 +322,7 @@ def sample_step(
             stop=where(stop, c["stop"]),
             history=jnp.where(run[:, None], history, c["history"]),
             state=LMState(cache, next_logits),
-            key=key,
+            keys=keys,
         )
 
     c = jax.lax.while_loop(cond, body, carry)

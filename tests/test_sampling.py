@@ -1,6 +1,7 @@
 """Cached decoding, step sampling and scoring on tiny random models."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from models.sampling import (
     STOP_EOS,
     STOP_STRING,
     SamplingParams,
+    draw,
     force_tokens,
     match_stops,
     prefill,
@@ -129,6 +131,48 @@ def test_sampling_distribution_truncation():
     hot = jnp.exp(sampling_log_probs(logits, SamplingParams(temperature=2.0)))
     expected = np.sqrt([0.5, 0.25, 0.15, 0.1])
     np.testing.assert_allclose(hot[0], expected / expected.sum(), atol=1e-6)
+
+
+def test_draw_follows_probabilities_and_never_draws_a_cut_token():
+    probs = np.array([0.1, 0.0, 0.45, 0.3, 0.0, 0.15])
+    logp = jnp.log(jnp.asarray(np.tile(probs, (4, 1)), jnp.float32))
+    keys = jax.random.split(jax.random.key(0), (20_000, 4))
+    tokens = np.asarray(jax.jit(jax.vmap(draw, in_axes=(0, None)))(keys, logp)).ravel()
+    freq = np.bincount(tokens, minlength=len(probs)) / tokens.size
+    assert freq[1] == 0 and freq[4] == 0
+    np.testing.assert_allclose(freq, probs, atol=4 * np.sqrt(0.25 / tokens.size))
+
+
+def equations(jaxpr):
+    """Every equation of a jaxpr, nested sub-jaxprs (jit, custom rules, loop bodies) included."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from equations(sub)
+
+
+def test_vmapped_step_runs_all_particles_as_one_batch_and_equals_each_alone():
+    """Under vmap the particle axis is folded into rows (one loop, no per-token select of the cache)."""
+    lm = tiny_lm(seed=5)
+    stops = stop_table_from_bytes(VOCAB, ("\n\n",), (EOS,))
+    params = SamplingParams(temperature=1.0, max_tokens=6)
+    state = jax.jit(prefill, static_argnums=(2, 3))(lm, jnp.array([[1, 2, 0]]), None, 3 + 6)
+    keys = jax.random.split(jax.random.key(1), 5)
+    active = jnp.array([[True], [False], [True], [True], [True]])
+
+    def one(key, act):
+        return sample_step(lm, key, state, params, stops, act)
+
+    swarm = jax.jit(jax.vmap(one))(keys, active)
+    for p in range(5):
+        alone = jax.jit(one)(keys[p], active[p])
+        np.testing.assert_array_equal(alone.tokens, swarm.tokens[p])
+        np.testing.assert_allclose(alone.logp_model, swarm.logp_model[p], atol=1e-5)
+        np.testing.assert_allclose(alone.state.cache.k, swarm.state.cache.k[p], atol=1e-5)
+    np.testing.assert_array_equal(swarm.state.cache.k[1], state.cache.k)  # the inactive particle is frozen
+    loops = [e for e in equations(jax.make_jaxpr(jax.vmap(one))(keys, active).jaxpr) if e.primitive.name == "while"]
+    cache_shape = (2, 5, 9, 2, 8)  # [layers, particles * rows, capacity, kv heads, head dim]
+    assert len(loops) == 1 and cache_shape in [v.aval.shape for v in loops[0].invars]
 
 
 def test_greedy_step_is_argmax_chain():
