@@ -13,7 +13,7 @@ answer is picked (`inference.answers`):
 | `wmajority` | N independent samples                       | answer with the largest summed product of step scores |
 | `beam`      | keep the N/4 best by PRM, expand each 4x    | best trace by final PRM score        |
 | `pf`        | particle filter: PRM as likelihood, resampling | answer with the largest SMC posterior mass |
-| `epf`       | entropic PF: `ess` tempered resampling early (look-ahead optional) | as `pf`          |
+| `epf`       | entropic PF: tempered resampling early (schedule, look-ahead optional) | as `pf`       |
 | `pg`        | particle Gibbs: K sweeps of P particles, K * P <= N | most frequent answer among the K draws |
 
 Budget is N, the number of particles (samples, beams); `pg` splits it as
@@ -64,6 +64,7 @@ class SearchSpec:
     beta: float = 1.0
     resampling: str = "systematic"
     ess_threshold: float = 0.5
+    schedule: str = "ess"  # epf only: the temperature schedule of `inference.EntropicPF`
     lookahead: bool = False  # epf only
 
     def __post_init__(self):
@@ -84,7 +85,7 @@ class SearchSpec:
         n = self.particles
         if self.method == "epf":
             return EntropicPF(
-                program, n, "ess", self.ess_threshold, resampling=self.resampling, lookahead=self.lookahead,
+                program, n, self.schedule, self.ess_threshold, resampling=self.resampling, lookahead=self.lookahead,
                 record_deterministic=True,
             )
         if self.method == "pg":

@@ -17,6 +17,7 @@ from ppl.errors import InputError
 
 EVAL_SEED = 1000  # the held-out problems: training never draws from this seed (models/train.py)
 SAMPLING_FAMILY = ("bon", "wbon", "majority", "wmajority")  # share one run per budget
+SELECTING = ("beam", "pf", "epf", "pg")  # select particles between steps: a run each
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -92,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
         solver = Solver(TASKS[task], lm, tokenizer, prm)
         runs = [(SearchSpec("greedy", 1), ("greedy",), 1)]
         for n in budgets:
-            runs += [(SearchSpec("bon", n), SAMPLING_FAMILY, n), (SearchSpec("beam", n), ("beam",), n),
-                     (SearchSpec("pf", n), ("pf",), n)]
+            runs.append((SearchSpec("bon", n), SAMPLING_FAMILY, n))
+            runs += [(SearchSpec(method, n), (method,), n) for method in SELECTING]
         for spec, methods, n in runs:
             print(f"[{time.perf_counter() - began:6.0f}s] {task}: {'/'.join(methods)} N={n}", file=sys.stderr)
             results = solver.solve_many(problems, spec, methods, seed=args.seed)

@@ -12,6 +12,7 @@ from ppl.errors import InputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from inference.entropic import SCHEDULES
     from inference.search import METHODS
 
     for task in ("countdown", "arithmetic"):
@@ -26,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         solve.add_argument("--seed", type=int, default=0)
         solve.add_argument("--form", choices=("bernoulli", "twist", "replace"), default="bernoulli",
                            help="how the particle filter uses the PRM")
+        solve.add_argument("--schedule", choices=SCHEDULES, default="ess",
+                           help="epf: temperature schedule of the entropic resampling")
+        solve.add_argument("--lookahead", action="store_true", help="epf: score a one-step draft before resampling")
         solve.add_argument("--lm-path", help="local HF checkpoint of the proposal LM (default: shipped)")
         solve.add_argument("--prm-path", help="local HF checkpoint of the PRM (default: shipped)")
         solve.set_defaults(run=run, task=task)
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.parent and not out.parent.exists():
         raise InputError(f"output directory {out.parent} does not exist")
-    spec = SearchSpec(args.method, args.particles, form=args.form)
+    spec = SearchSpec(args.method, args.particles, form=args.form, schedule=args.schedule, lookahead=args.lookahead)
     solver = Solver(TASKS[args.task], *load_models(args.lm_path, args.prm, args.prm_path))
     began = time.perf_counter()
 
