@@ -39,16 +39,18 @@ def aggregate(df: pd.DataFrame, model: str = "dawid-skene", *, seed: int = 0, nu
 
     model: "dawid-skene" (full confusion matrix per worker), "one-coin" (one
     accuracy per worker) or "majority" (vote shares, no model). `priors` go to
-    the model (`prior_diag`, `prior_off`: Dirichlet concentration on and off the
-    diagonal of each confusion row).
+    the model: `prior` ("hierarchical", the default: worker confusions pooled
+    towards a learned population confusion; or "flat": independent Dirichlet
+    rows with concentration `prior_diag` on and `prior_off` off the diagonal).
     """
     if model not in AGGREGATE_MODELS:
         raise InputError(f"unknown aggregation model {model!r}; choose one of {', '.join(AGGREGATE_MODELS)}")
     labels = encode_labels(df)
     if model == "majority":
         return majority_vote(labels)
-    return fit_dawid_skene(labels, one_coin=model == "one-coin", seed=seed, num_samples=num_samples,
-                           num_warmup=num_warmup, svi=svi, **priors)
+    if model == "one-coin":
+        priors = priors | {"prior": "one-coin"}
+    return fit_dawid_skene(labels, seed=seed, num_samples=num_samples, num_warmup=num_warmup, svi=svi, **priors)
 
 
 def is_pairwise(df: pd.DataFrame) -> bool:

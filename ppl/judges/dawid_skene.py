@@ -3,9 +3,17 @@
 Each task has a latent true class z ~ Categorical(pi); worker w reports label l
 with probability theta[w, z, l]. The true class is summed out exactly: per task,
 logsumexp_k [log pi_k + sum over the task's rows of log theta[w, k, l]], the
-sum done with `segment_sum` over label rows (no loop over tasks). Dirichlet
-priors that favour the diagonal say "workers are better than chance" and keep
-the sampler out of the label-switched mode.
+sum done with `segment_sum` over label rows (no loop over tasks).
+
+Priors on the confusion matrices, all saying "workers are better than chance"
+(which also keeps the sampler out of the label-switched mode):
+* hierarchical (the default; Paun et al. 2018, "Comparing Bayesian models of
+  annotation"): each worker's confusion logits are a population-level
+  confusion plus a worker deviation whose scale is learned. A worker with few
+  labels borrows the population's confusion instead of a fixed prior, which is
+  what sparse crowds (most workers label a handful of tasks) need.
+* flat: independent diagonal-favouring Dirichlet rows per worker.
+* one-coin: one accuracy per worker, errors uniform over the other classes.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from ppl.judges.data import Labels
 from ppl.judges.infer import Fit, fit, interval, to_inference_data
 
 MODELS = ("dawid-skene", "one-coin", "majority")
+PRIORS = ("hierarchical", "flat", "one-coin")
 
 
 def prior_concentration(n_classes: int, diag: float, off: float) -> jnp.ndarray:
@@ -47,26 +56,63 @@ def one_coin_log_theta(accuracy: jnp.ndarray, n_classes: int) -> jnp.ndarray:
     return jnp.log(acc * eye + (1.0 - acc) / (n_classes - 1) * (1.0 - eye))
 
 
+def hierarchical_log_theta(n_workers: int, n_classes: int) -> jnp.ndarray:
+    """Worker confusions pooled towards a population confusion; returns log theta, shape (W, K, K).
+
+    logits[w, k, l] = population[k, l] + skill[w] 1(k = l) + bias[w, l] + quirk[w, k, l].
+    The population confusion has the right report commonest for every true
+    class (`population_logits`). skill: how much better than the population a
+    worker is on every class at once; bias: a worker's taste for some labels
+    whatever the truth; quirk: the rest of a full confusion matrix (only for
+    K > 2: with two classes skill and bias already span every confusion).
+    Each effect has a learned scale, so the data decide how far workers may
+    stray from the population; non-centred, so NUTS sees no funnel for workers
+    with few labels.
+    """
+    K = n_classes
+    off = numpyro.sample("off", dist.Normal(0.0, 1.0).expand([K, K - 1]).to_event(2))
+    gap = numpyro.sample("gap", dist.Gamma(2.0, 1.0).expand([K]).to_event(1))
+    logits = (population_logits(off, gap) + _worker_effect("skill", (n_workers, 1, 1)) * jnp.eye(K)
+              + _worker_effect("bias", (n_workers, 1, K)))
+    if K > 2:
+        logits = logits + _worker_effect("quirk", (n_workers, K, K))
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def _worker_effect(name: str, shape: tuple[int, ...]) -> jnp.ndarray:
+    """A random effect `name_sd * name` with `name ~ N(0, 1)` and a learned scale `name_sd ~ HalfNormal(1)`."""
+    scale = numpyro.sample(f"{name}_sd", dist.HalfNormal(1.0))
+    return scale * numpyro.sample(name, dist.Normal(0.0, 1.0).expand(list(shape)).to_event(len(shape)))
+
+
+def population_logits(off: jnp.ndarray, gap: jnp.ndarray) -> jnp.ndarray:
+    """(K, K) logits with off-diagonal `off` (K, K-1) and diagonal = largest off-diagonal + `gap` (> 0)."""
+    K = gap.shape[0]
+    rows, cols = np.nonzero(1 - np.eye(K))
+    beta = jnp.zeros((K, K)).at[rows, cols].set(off.ravel())
+    return beta.at[np.arange(K), np.arange(K)].set(off.max(-1) + gap)
+
+
 def dawid_skene_model(task, worker, label, n_tasks: int, n_workers: int, n_classes: int,
-                      one_coin: bool = False, prior_diag: float = 3.0, prior_off: float = 1.0) -> None:
-    """NumPyro model of crowd labels with the true class of each task marginalised."""
+                      prior: str = "hierarchical", prior_diag: float = 3.0, prior_off: float = 1.0) -> None:
+    """NumPyro model of crowd labels with the true class of each task marginalised.
+
+    prior: "hierarchical", "flat" (Dirichlet rows with `prior_diag`/`prior_off`) or "one-coin".
+    """
     pi = numpyro.sample("pi", dist.Dirichlet(jnp.ones(n_classes)))
-    if one_coin:
+    if prior == "hierarchical":
+        log_theta = hierarchical_log_theta(n_workers, n_classes)
+    elif prior == "one-coin":
         # Same marginal prior on the diagonal as a Dirichlet row of the full model.
         acc = numpyro.sample("accuracy", dist.Beta(prior_diag, prior_off * (n_classes - 1)).expand([n_workers]))
         log_theta = one_coin_log_theta(acc, n_classes)
     else:
         conc = prior_concentration(n_classes, prior_diag, prior_off)
-        theta = numpyro.sample("theta", dist.Dirichlet(conc).expand([n_workers, n_classes]).to_event(2))
-        log_theta = jnp.log(theta)
+        log_theta = jnp.log(numpyro.sample("theta", dist.Dirichlet(conc).expand([n_workers, n_classes]).to_event(2)))
+    if prior != "flat":
+        numpyro.deterministic("theta", jnp.exp(log_theta))
     joint = task_log_joint(jnp.log(pi), log_theta, task, worker, label, n_tasks)
     numpyro.factor("labels", logsumexp(joint, axis=-1).sum())
-
-
-def _log_theta_from(samples: dict, n_classes: int) -> jnp.ndarray:
-    if "theta" in samples:
-        return jnp.log(samples["theta"])
-    return jax.vmap(lambda a: one_coin_log_theta(a, n_classes))(samples["accuracy"])
 
 
 @partial(jax.jit, static_argnames=("n_tasks",))
@@ -127,33 +173,44 @@ class AggregateResult:
         coords = {"worker": np.asarray(lab.workers.astype(str)), "true_class": np.asarray(lab.classes.astype(str)),
                   "reported": np.asarray(lab.classes.astype(str))}
         dims = {"pi": ["true_class"], "theta": ["worker", "true_class", "reported"], "accuracy": ["worker"],
-                "worker_accuracy": ["worker"]}
+                "worker_accuracy": ["worker"], "gap": ["true_class"]}
         return to_inference_data(self.fit, post, coords, dims)
 
 
-def fit_dawid_skene(labels: Labels, *, one_coin: bool = False, prior_diag: float = 3.0, prior_off: float = 1.0,
-                    seed: int = 0, num_samples: int = 500, num_warmup: int = 500, svi: bool = False,
-                    svi_steps: int = 3000) -> AggregateResult:
-    """Posterior of Dawid-Skene (or one-coin) by NUTS, or SVI when `svi`."""
+def fit_dawid_skene(labels: Labels, *, prior: str = "hierarchical", prior_diag: float = 3.0,
+                    prior_off: float = 1.0, seed: int = 0, num_samples: int = 500, num_warmup: int = 500,
+                    svi: bool = False, svi_steps: int = 3000) -> AggregateResult:
+    """Posterior of Dawid-Skene under `prior` ("hierarchical", "flat" or "one-coin") by NUTS, or SVI when `svi`."""
+    if prior not in PRIORS:
+        raise PPLError(f"unknown Dawid-Skene prior {prior!r}; choose one of {', '.join(PRIORS)}")
     K, W = labels.n_classes, labels.n_workers
     data = (jnp.asarray(labels.task), jnp.asarray(labels.worker), jnp.asarray(labels.label))
-    model = partial(dawid_skene_model, *data, labels.n_tasks, W, K, one_coin, prior_diag, prior_off)
-    conc = np.asarray(prior_concentration(K, prior_diag, prior_off))
-    pi0, theta0 = em_start(labels, conc)
-    init = {"pi": jnp.asarray(pi0)}
-    if one_coin:
-        init["accuracy"] = jnp.asarray(np.clip(np.einsum("k,wk->w", pi0, np.diagonal(theta0, 0, 1, 2)), 0.05, 0.99))
-    else:
-        init["theta"] = jnp.asarray(theta0)
+    model = partial(dawid_skene_model, *data, labels.n_tasks, W, K, prior, prior_diag, prior_off)
+    pi0, theta0 = em_start(labels, np.asarray(prior_concentration(K, prior_diag, prior_off)))
     f = fit(model, seed=seed, num_samples=num_samples, num_warmup=num_warmup, svi=svi, svi_steps=svi_steps,
-            init_values=init)
-    log_pi = jnp.log(f.samples["pi"])
-    log_theta = _log_theta_from(f.samples, K)
-    probs = np.asarray(_mean_task_posterior(log_pi, log_theta, *data, labels.n_tasks))
-    theta = np.exp(np.asarray(log_theta))
+            init_values={"pi": jnp.asarray(pi0)} | start_values(prior, pi0, theta0))
+    theta = f.samples["theta"]
+    probs = np.asarray(_mean_task_posterior(jnp.log(f.samples["pi"]), jnp.log(theta), *data, labels.n_tasks))
     diag = np.diagonal(theta, axis1=-2, axis2=-1)  # (S, W, K)
     acc = np.einsum("sk,swk->sw", f.samples["pi"], diag)
-    return AggregateResult("one-coin" if one_coin else "dawid-skene", labels, probs, acc, theta.mean(0), f)
+    return AggregateResult("one-coin" if prior == "one-coin" else "dawid-skene", labels, probs, acc,
+                           theta.mean(0), f)
+
+
+def start_values(prior: str, pi0: np.ndarray, theta0: np.ndarray) -> dict[str, jnp.ndarray]:
+    """The EM estimate `theta0` written in the parameters of `prior`: where the sampler starts."""
+    if prior == "one-coin":
+        return {"accuracy": jnp.asarray(np.clip(np.einsum("k,wk->w", pi0, np.diagonal(theta0, 0, 1, 2)), 0.05, 0.99))}
+    if prior == "flat":
+        return {"theta": jnp.asarray(theta0)}
+    K, W = pi0.shape[0], theta0.shape[0]
+    logits = np.log(theta0).mean(0)
+    off = logits[np.nonzero(1 - np.eye(K))].reshape(K, K - 1)
+    start = {"off": off, "gap": np.maximum(np.diagonal(logits) - off.max(-1), 0.2)}
+    shapes = {"skill": (W, 1, 1), "bias": (W, 1, K)} | ({"quirk": (W, K, K)} if K > 2 else {})
+    for name, shape in shapes.items():
+        start |= {name: np.zeros(shape), f"{name}_sd": np.asarray(0.5)}
+    return {k: jnp.asarray(v) for k, v in start.items()}
 
 
 def em_start(labels: Labels, conc: np.ndarray, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:

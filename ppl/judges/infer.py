@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 import optax
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_median, init_to_value
+from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, init_to_median, init_to_value
 from numpyro.infer.autoguide import AutoNormal
 from numpyro.optim import optax_to_numpyro
 
@@ -41,9 +41,11 @@ def fit(model: Callable, *, seed: int = 0, num_samples: int = 500, num_warmup: i
         optim = optax_to_numpyro(optax.adam(learning_rate))
         result = SVI(model, guide, optim, Trace_ELBO()).run(key_run, svi_steps, progress_bar=False)
         draws = guide.sample_posterior(key_draw, result.params, sample_shape=(num_samples,))
-        sites = _latent_sites(model, key_draw)
-        samples = {k: np.asarray(v) for k, v in draws.items() if k in sites}
-        return Fit(samples, "svi", losses=np.asarray(result.losses))
+        latent, derived = _sites(model, key_draw)
+        draws = {k: v for k, v in draws.items() if k in latent}
+        if derived:  # deterministic sites (e.g. a confusion built from random effects), per draw
+            draws |= Predictive(model, posterior_samples=draws, return_sites=sorted(derived))(key_draw)
+        return Fit({k: np.asarray(v) for k, v in draws.items()}, "svi", losses=np.asarray(result.losses))
     kernel = NUTS(model, init_strategy=init, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=1, progress_bar=False)
     mcmc.run(key_run, extra_fields=("diverging",))
@@ -51,11 +53,13 @@ def fit(model: Callable, *, seed: int = 0, num_samples: int = 500, num_warmup: i
     return Fit(samples, "nuts", diverging=np.asarray(mcmc.get_extra_fields()["diverging"]))
 
 
-def _latent_sites(model: Callable, key: jax.Array) -> set[str]:
+def _sites(model: Callable, key: jax.Array) -> tuple[set[str], set[str]]:
+    """Names of the model's latent sample sites and of its deterministic sites."""
     from numpyro import handlers
 
     tr = handlers.trace(handlers.seed(model, key)).get_trace()
-    return {n for n, s in tr.items() if s["type"] == "sample" and not s.get("is_observed", False)}
+    latent = {n for n, s in tr.items() if s["type"] == "sample" and not s.get("is_observed", False)}
+    return latent, {n for n, s in tr.items() if s["type"] == "deterministic"}
 
 
 def to_inference_data(fit_: Fit, posterior: dict[str, np.ndarray], coords: dict, dims: dict):
