@@ -33,6 +33,17 @@ def crowd(seed: int, n_tasks: int = 60, n_workers: int = 6, n_classes: int = 3, 
                                                                                             range(n_tasks)])
 
 
+def confusion_crowd(seed: int, confusion: np.ndarray, n_tasks: int, skip: float = 0.0):
+    """Labels drawn from known per-worker confusions (W, K, K); each label is dropped with prob `skip`."""
+    rng = np.random.default_rng(seed)
+    W, K, _ = confusion.shape
+    truth = rng.integers(K, size=n_tasks)
+    rows = [(f"t{t}", f"w{w}", int(rng.choice(K, p=confusion[w, truth[t]])))
+            for t in range(n_tasks) for w in range(W) if rng.random() >= skip]
+    return pd.DataFrame(rows, columns=["task", "worker", "label"]), pd.Series(truth, index=[f"t{t}" for t in
+                                                                                            range(n_tasks)])
+
+
 def test_enumeration_equals_brute_force_marginal():
     rng = np.random.default_rng(0)
     K, W, T = 3, 2, 2
@@ -159,3 +170,45 @@ def test_api_errors_are_one_line():
                         "label": [0, 1]})
     with pytest.raises(InputError, match="worker 'w2' has no labels"):
         aggregate(cat, model="majority")
+
+
+POPULATION = np.array([[0.8, 0.15, 0.05], [0.1, 0.7, 0.2], [0.05, 0.15, 0.8]])
+
+
+def test_hierarchical_recovers_a_shared_asymmetric_confusion():
+    """Workers share a confusion with structured errors (1 is mistaken for 2 more than for 0): recovered per worker."""
+    df, _ = confusion_crowd(4, np.stack([POPULATION] * 6), n_tasks=150)
+    res = aggregate(df, seed=1, **FAST)
+    assert np.abs(res.confusion - POPULATION).max() < 0.12
+    assert np.abs(res.confusion.mean(0) - POPULATION).max() < 0.06
+
+
+def test_hierarchical_pools_a_sparse_worker_towards_the_population():
+    """A worker with a handful of labels inherits the crowd's high accuracy; flat Dirichlet rows cannot."""
+    good = np.stack([np.full((3, 3), 0.03) + 0.91 * np.eye(3)] * 6)
+    df, truth = confusion_crowd(5, good, n_tasks=60)
+    sparse = pd.DataFrame({"task": truth.index[:4], "worker": "sparse", "label": truth.to_numpy()[:4]})
+    df = pd.concat([df, sparse], ignore_index=True)
+    acc = {p: aggregate(df, prior=p, **FAST).workers_frame().set_index("worker").loc["sparse", "accuracy_mean"]
+           for p in ("hierarchical", "flat")}
+    assert acc["hierarchical"] > 0.8 > acc["flat"]
+
+
+def test_hierarchical_label_confidence_is_calibrated():
+    """Weak workers with their own biases: the posterior confidence of the chosen label matches its accuracy."""
+    rng = np.random.default_rng(6)
+    confusion = rng.dirichlet(np.ones(3), size=(5, 3)) * 0.5 + 0.5 * POPULATION
+    df, truth = confusion_crowd(6, confusion, n_tasks=300, skip=0.3)
+    frame = aggregate(df, **FAST).to_frame().set_index("task").loc[truth.index]
+    correct = (frame["label"] == truth).mean()
+    assert 0.6 < correct < 0.97  # hard enough that confidence is informative
+    assert abs(frame["prob"].mean() - correct) < 0.06
+
+
+def test_svi_returns_derived_confusions():
+    """SVI draws include deterministic sites (the confusion built from accuracies or random effects)."""
+    df, truth = crowd(7, n_tasks=40, n_workers=4)
+    res = aggregate(df, model="one-coin", svi=True, svi_steps=400, num_samples=50)
+    assert res.fit.samples["theta"].shape == (50, 4, 3, 3)
+    assert (res.predict().reindex(truth.index) == truth).mean() > 0.9
+

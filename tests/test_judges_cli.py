@@ -16,13 +16,14 @@ def write(path, text):
     return str(path)
 
 
-def test_aggregate_cli_writes_labels_workers_and_plot(tmp_path):
+@pytest.mark.parametrize("prior", ["hierarchical", "flat"])
+def test_aggregate_cli_writes_labels_workers_and_plot(tmp_path, prior):
     rows = ["task\tworker\tlabel"] + [f"t{t}\tw{w}\t{(t % 2) if w < 3 or t % 5 else 1 - t % 2}"
                                       for t in range(20) for w in range(4)]
     src = write(tmp_path / "in.tsv", "\n".join(rows) + "\n")
     out = tmp_path / "out.tsv"
     png = tmp_path / "conf.png"
-    assert main(["judges", "aggregate", src, "--out", str(out), "--plot", str(png), *FAST]) == 0
+    assert main(["judges", "aggregate", src, "--out", str(out), "--plot", str(png), "--prior", prior, *FAST]) == 0
     labels = pd.read_csv(out, sep="\t")
     assert list(labels.columns) == ["task", "label", "prob"] and len(labels) == 20
     assert (labels["label"] == [t % 2 for t in range(20)]).all()

@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     agg.add_argument("--out", required=True, help="TSV written with columns task, label, prob")
     agg.add_argument("--workers-out", help="TSV of worker reliabilities (default: OUT with _workers suffix)")
     agg.add_argument("--model", default="dawid-skene", choices=("dawid-skene", "one-coin", "majority"))
+    agg.add_argument("--prior", default="hierarchical", choices=("hierarchical", "flat"),
+                     help="dawid-skene: worker confusions pooled towards a learned population confusion "
+                          "(default), or independent Dirichlet rows per worker")
     agg.add_argument("--all-labels", action="store_true",
                      help="write every (task, label) posterior probability, not just each task's mode")
     _common(agg)
@@ -73,7 +76,8 @@ def run_aggregate(args) -> int:
     from ppl.judges.data import LABEL_COLUMNS
 
     df = read_table(args.input, LABEL_COLUMNS)
-    result = aggregate(df, model=args.model, **_sampling(args))
+    priors = {"prior": args.prior} if args.model == "dawid-skene" else {}
+    result = aggregate(df, model=args.model, **_sampling(args), **priors)
     workers_out = args.workers_out or str(Path(args.out).with_name(Path(args.out).stem + "_workers.tsv"))
     _write(result.to_frame(all_labels=args.all_labels), args.out)
     _write(result.workers_frame(), workers_out)

@@ -7,11 +7,13 @@ sum done with `segment_sum` over label rows (no loop over tasks).
 
 Priors on the confusion matrices, all saying "workers are better than chance"
 (which also keeps the sampler out of the label-switched mode):
-* hierarchical (the default; Paun et al. 2018, "Comparing Bayesian models of
-  annotation"): each worker's confusion logits are a population-level
-  confusion plus a worker deviation whose scale is learned. A worker with few
-  labels borrows the population's confusion instead of a fixed prior, which is
-  what sparse crowds (most workers label a handful of tasks) need.
+* hierarchical (the default; after Paun et al. 2018, "Comparing Bayesian
+  models of annotation"): each worker's confusion logits are a population
+  confusion plus the worker's skill, label bias and class-specific quirks,
+  each effect with a learned scale. A worker with few labels borrows the
+  population's confusion instead of a fixed prior, and a skill shared by all
+  classes lets a worker's record on one class inform the others. With flat
+  rows, crowds with biased workers (Web) drift to a "junk class" solution.
 * flat: independent diagonal-favouring Dirichlet rows per worker.
 * one-coin: one accuracy per worker, errors uniform over the other classes.
 """
