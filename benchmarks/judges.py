@@ -1,7 +1,8 @@
 """Judge models against peers: crowd label aggregation and simulation-based calibration of ranking.
 
 1. Crowd data with ground truth (RTE, Web, Dog in ../shared/data/crowd): our
-   Bayesian Dawid-Skene (NUTS), one-coin and majority vote against crowd-kit's
+   Bayesian Dawid-Skene (NUTS; the default hierarchical prior and the flat
+   Dirichlet prior), one-coin and majority vote against crowd-kit's
    DawidSkene and MajorityVote (optional `bench` extra): accuracy of the
    posterior-mode label, expected calibration error of its confidence, wall time.
 2. Simulation-based calibration: judge scores drawn from the simplex model's
@@ -82,6 +83,7 @@ def crowd_benchmark(names: list[str], num_samples: int, num_warmup: int) -> dict
         kw = dict(num_samples=num_samples, num_warmup=num_warmup)
         row = {
             "ours dawid-skene (NUTS)": ours(df, truth, "dawid-skene", **kw),
+            "ours dawid-skene flat prior (NUTS)": ours(df, truth, "dawid-skene", prior="flat", **kw),
             "ours one-coin (NUTS)": ours(df, truth, "one-coin", **kw),
             "ours majority": ours(df, truth, "majority"),
             "crowd-kit DawidSkene": crowdkit(df, truth, "DawidSkene"),
@@ -164,12 +166,12 @@ def table(results: dict) -> str:
     lines = []
     crowd = results.get("crowd", {})
     if crowd:
-        lines.append(f"{'data':6} {'method':26} {'accuracy':>9} {'ECE':>7} {'seconds':>8}")
+        lines.append(f"{'data':6} {'method':36} {'accuracy':>9} {'ECE':>7} {'seconds':>8}")
         for name, rows in crowd.items():
             for method, m in rows.items():
                 if method.startswith("_"):
                     continue
-                lines.append(f"{name:6} {method:26} {m['accuracy']:9.4f} {m['ece']:7.4f} {m['seconds']:8.1f}")
+                lines.append(f"{name:6} {method:36} {m['accuracy']:9.4f} {m['ece']:7.4f} {m['seconds']:8.1f}")
     s = results.get("sbc")
     if s:
         lines.append(f"\nSBC: {s['reps']} replications, {s['n_candidates']} candidates, {s['n_judges']} judges, "
