@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp, xlogy
 
 from inference import resampling
-from inference.resampling import SCHEMES, Scheme
+from inference.resampling import Scheme
 from inference.smc import SMC, Propagate, SMCCarry, SMCStepInfo, smc_step
 from ppl.program import StateSpaceProgram
 
@@ -113,7 +113,6 @@ class EntropicPF(SMC):
         if tau0 < 1:
             raise ValueError(f"tau0 must be >= 1, got {tau0}")
         super().__init__(program, num_particles, resampling, threshold, record_deterministic)
-        self.scheme = resampling if callable(resampling) else SCHEMES[resampling]
         self.schedule = schedule
         self.threshold = threshold
         self.early_phase = early_phase

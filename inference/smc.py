@@ -7,8 +7,10 @@ propagate every particle one step, reweight. The log-evidence estimate
     log Z = log mean_i exp(w_init^i) + sum_t log sum_i W_{t-1}^i exp(increment_t^i)
 
 uses the normalised weights W before step t (uniform right after a resample), so it stays
-unbiased whether or not a step resampled. ``smc_step`` takes the propagation and resampling
-functions as arguments so other kernels (tempered resampling, conditional SMC) reuse the loop.
+unbiased whether or not a step resampled (also when a resampler leaves unequal weights, as the
+tempered and island resamplers do). ``smc_step`` takes the propagation, resampling and gather
+functions as arguments so other kernels (tempered resampling, conditional SMC, islands) reuse the
+loop. With ``mesh=`` the particles are sharded over devices (``inference.sharding``).
 """
 
 import functools
@@ -19,8 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
+from jax.sharding import Mesh
 
 from inference import resampling
+from inference.sharding import Gather, ParticlePlacement, island_gather, island_resampler
 from ppl.errors import PPLError
 from ppl.program import StateSpaceProgram
 
@@ -85,9 +89,18 @@ class SMCStepInfo(NamedTuple):
     record: Any
 
 
+def resampling_scheme(scheme: str | resampling.Scheme) -> resampling.Scheme:
+    """A scheme by name (``resampling.SCHEMES``) or the callable itself."""
+    if callable(scheme):
+        return scheme
+    if scheme not in resampling.SCHEMES:
+        raise ValueError(f"resampling must be one of {sorted(resampling.SCHEMES)} or a callable, got {scheme!r}")
+    return resampling.SCHEMES[scheme]
+
+
 def adaptive_resampler(scheme: str | resampling.Scheme, ess_threshold: float) -> Resampler:
     """Resample with ``scheme`` when ESS/N < ess_threshold (>= 1: every step, <= 0: never)."""
-    scheme = resampling.SCHEMES[scheme] if isinstance(scheme, str) else scheme
+    scheme = resampling_scheme(scheme)
 
     def resample(key: Array, log_weights: Array) -> tuple[Array, Array, Array]:
         n = log_weights.shape[0]
@@ -112,15 +125,18 @@ def init_carry(particles: Any, log_weights: Array) -> tuple[SMCCarry, Array]:
 
 
 def smc_step(
-    carry: SMCCarry, xs: tuple[Array, Array], *, propagate: Propagate, resampler: Resampler
+    carry: SMCCarry,
+    xs: tuple[Array, Array],
+    *,
+    propagate: Propagate,
+    resampler: Resampler,
+    gather: Gather = resampling.gather,
 ) -> tuple[SMCCarry, SMCStepInfo]:
     """One SMC step as a ``lax.scan`` body over ``xs = (t, key)``: resample, propagate, reweight."""
     t, key = xs
     resample_key, propagate_key = jax.random.split(key)
     ancestors, log_weights, resampled = resampler(resample_key, carry.log_weights)
-    particles = jax.lax.cond(
-        resampled, lambda p: resampling.gather(p, ancestors), lambda p: p, carry.particles
-    )
+    particles = jax.lax.cond(resampled, lambda p: gather(p, ancestors), lambda p: p, carry.particles)
     keys = jax.random.split(propagate_key, log_weights.shape[0])
     particles, increments, record = propagate(keys, particles, t)
     unnormalised = log_weights + increments
@@ -172,6 +188,10 @@ class SMC:
     ``run(rng_key, *args)`` is one jitted call, compiled once per shapes/dtypes of ``args``;
     it raises ``WeightError`` if the weights ever become unusable. ``run_unchecked`` is the
     same pure function without the host-side check (for vmap over keys, or nesting in jit).
+
+    Scale-out: ``mesh`` shards the particles over ``mesh_axis`` (default: the mesh's first axis);
+    resampling is global unless ``islands`` > 0, which resamples within that many equal groups
+    of particles and globally every ``exchange_every`` steps (see ``inference.sharding``).
     """
 
     def __init__(
@@ -181,24 +201,54 @@ class SMC:
         resampling: str | resampling.Scheme = "systematic",
         ess_threshold: float = 0.5,
         record_deterministic: bool = False,
+        *,
+        mesh: Mesh | None = None,
+        mesh_axis: str | None = None,
+        islands: int = 0,
+        exchange_every: int = 4,
     ):
         self.program = program
         self.num_particles = int(num_particles)
-        self.resampler = adaptive_resampler(resampling, ess_threshold)
+        self.scheme = resampling_scheme(resampling)
+        self.ess_threshold = ess_threshold
+        self.resampler = adaptive_resampler(self.scheme, ess_threshold)
         self.record_deterministic = record_deterministic
+        self.placement = None if mesh is None else ParticlePlacement(mesh, self.num_particles, mesh_axis)
+        if islands < 0 or (islands and self.num_particles % islands):
+            raise ValueError(f"islands={islands} must divide num_particles={self.num_particles}")
+        if islands and self.placement is not None and islands % self.placement.num_devices:
+            raise ValueError(f"islands={islands} must be a multiple of the {self.placement.num_devices} devices")
+        if exchange_every < 1:
+            raise ValueError(f"exchange_every must be >= 1, got {exchange_every}")
+        self.islands = islands
+        self.exchange_every = exchange_every
         self._run_jit = jax.jit(self.run_unchecked)
+
+    def _place(self, particles: Any) -> Any:
+        return particles if self.placement is None else self.placement.constrain(particles)
 
     def _propagate(self, args: tuple) -> Propagate:
         def propagate(keys: Array, particles: Any, t: Array) -> tuple[Any, Array, Any]:
             out = self.program.propagate_batch(keys, particles, t, *args)
-            return out.state, out.log_weight, out.deterministic if self.record_deterministic else {}
+            deterministic = out.deterministic if self.record_deterministic else {}
+            return self._place(out.state), out.log_weight, deterministic
 
         return propagate
 
     def _body(self, args: tuple) -> Callable[[SMCCarry, tuple[Array, Array]], tuple[SMCCarry, SMCStepInfo]]:
         """The scan body: ``smc_step`` with this engine's propagation and resampler (a hook for
         kernels whose resampling also sees the step index or the particles)."""
-        return functools.partial(smc_step, propagate=self._propagate(args), resampler=self.resampler)
+        propagate = self._propagate(args)
+        if not self.islands:
+            return functools.partial(smc_step, propagate=propagate, resampler=self.resampler)
+
+        def body(carry: SMCCarry, xs: tuple[Array, Array]) -> tuple[SMCCarry, SMCStepInfo]:
+            exchange = xs[0] % self.exchange_every == self.exchange_every - 1
+            resampler = island_resampler(self.scheme, self.ess_threshold, self.islands, exchange)
+            gather = island_gather(self.islands, exchange)
+            return smc_step(carry, xs, propagate=propagate, resampler=resampler, gather=gather)
+
+        return body
 
     def run_unchecked(self, rng_key: Array, *args) -> SMCResult:
         """The whole run as a pure function of the key and the program's arguments."""
@@ -206,6 +256,7 @@ class SMC:
         particles, log_weights = self.program.initialize_batch(
             jax.random.split(init_key, self.num_particles), *args
         )
+        particles = self._place(particles)
         carry, init_status = init_carry(particles, log_weights)
         num_steps = self.program.num_steps
         body = self._body(args)

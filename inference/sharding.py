@@ -1,0 +1,146 @@
+"""Particles spread over a device mesh, with global or island resampling.
+
+Placement is JAX's own sharding: the leading (particle) axis of every leaf of the particle state
+is sharded over one axis of a ``jax.sharding.Mesh``; weights, ancestors and the program's
+arguments (LM weights, prompt cache) are replicated. The program is the same SPMD program on one
+device or many, so the same key gives the same particles either way.
+
+* Global resampling (default): every particle competes with every other. Only the N log-weights
+  are gathered to decide; the particles a device needs from others move in the resampling gather,
+  which XLA's SPMD partitioner lowers to collectives.
+* Islands (Vergé et al. 2015): the N particles form ``islands`` groups of N/I. A step resamples
+  within each island only (on the island's own ESS), and every particle of island j then carries
+  weight Z_j / (N/I), Z_j the island's total weight, so the weighted system is unchanged in
+  expectation and the log-evidence stays unbiased. With islands aligned to devices no particle
+  crosses a device on those steps. Every ``exchange_every`` steps the step resamples globally
+  instead, which moves particles between islands and evens out their total weights.
+"""
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import logsumexp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from inference import resampling
+from inference.resampling import Scheme
+
+Array = jax.Array
+# (particles, ancestors[N]) -> particles
+Gather = Callable[[Any, Array], Any]
+
+__all__ = ["ParticlePlacement", "collective_bytes", "island_gather", "island_resampler"]
+
+
+class ParticlePlacement:
+    """The sharding of particle leaves (leading axis over ``axis`` of ``mesh``) and its constraint."""
+
+    def __init__(self, mesh: Mesh, num_particles: int, axis: str | None = None):
+        axis = mesh.axis_names[0] if axis is None else axis
+        if axis not in mesh.axis_names:
+            raise ValueError(f"mesh has no axis {axis!r}; its axes are {mesh.axis_names}")
+        self.num_devices = int(mesh.shape[axis])
+        if num_particles % self.num_devices:
+            raise ValueError(
+                f"num_particles={num_particles} must be a multiple of the {self.num_devices} devices "
+                f"on mesh axis {axis!r}"
+            )
+        self.num_particles = num_particles
+        self.sharded = NamedSharding(mesh, PartitionSpec(axis))
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+
+    def constrain(self, particles: Any) -> Any:
+        """Pin every leaf with a leading particle axis to the sharded layout (inside jit)."""
+
+        def pin(leaf):
+            if jnp.ndim(leaf) and leaf.shape[0] == self.num_particles:
+                return jax.lax.with_sharding_constraint(leaf, self.sharded)
+            return leaf
+
+        return jax.tree.map(pin, particles)
+
+
+def island_resampler(scheme: Scheme, ess_threshold: float, num_islands: int, exchange: Array):
+    """A ``Resampler`` that resamples within islands, or globally when ``exchange`` is True.
+
+    Within an island the decision is that island's ESS / (N/I) < ``ess_threshold``; the global
+    exchange resamples every particle when the global ESS/N is below it (>= 1: always).
+    """
+
+    def local(key: Array, log_weights: Array) -> tuple[Array, Array, Array]:
+        n = log_weights.shape[0]
+        size = n // num_islands
+        grouped = log_weights.reshape(num_islands, size)
+        mass = logsumexp(grouped, axis=1, keepdims=True)
+        within = grouped - mass
+        drawn = jax.vmap(lambda k, w: scheme(k, w, size))(jax.random.split(key, num_islands), within)
+        identity = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), drawn.shape)
+        do = jax.vmap(resampling.ess)(within) < ess_threshold * size
+        if ess_threshold >= 1:
+            do = jnp.ones_like(do)
+        local_ancestors = jnp.where(do[:, None], drawn, identity)
+        ancestors = local_ancestors + size * jnp.arange(num_islands, dtype=jnp.int32)[:, None]
+        after = jnp.where(do[:, None], jnp.broadcast_to(mass - jnp.log(size), grouped.shape), grouped)
+        return ancestors.reshape(n), after.reshape(n), jnp.any(do)
+
+    def global_(key: Array, log_weights: Array) -> tuple[Array, Array, Array]:
+        n = log_weights.shape[0]
+        do = (resampling.ess(log_weights) < ess_threshold * n) | (ess_threshold >= 1)
+        ancestors = jnp.where(do, scheme(key, log_weights, n), jnp.arange(n, dtype=jnp.int32))
+        return ancestors, jnp.where(do, -jnp.log(n), log_weights), do
+
+    def resample(key: Array, log_weights: Array) -> tuple[Array, Array, Array]:
+        if ess_threshold <= 0:
+            n = log_weights.shape[0]
+            return jnp.arange(n, dtype=jnp.int32), log_weights, jnp.array(False)
+        return jax.lax.cond(exchange, global_, local, key, log_weights)
+
+    return resample
+
+
+def island_gather(num_islands: int, exchange: Array) -> Gather:
+    """The resampling gather for islands: a batched gather within each island (which XLA keeps on
+    the island's device), or the global gather on exchange steps."""
+
+    def within(particles: Any, ancestors: Array) -> Any:
+        size = ancestors.shape[0] // num_islands
+        local = (ancestors - size * (jnp.arange(ancestors.shape[0]) // size)).reshape(num_islands, size)
+
+        def take(leaf):
+            grouped = leaf.reshape(num_islands, size, *leaf.shape[1:])
+            picked = jax.vmap(lambda block, idx: jnp.take(block, idx, axis=0))(grouped, local)
+            return picked.reshape(leaf.shape)
+
+        return jax.tree.map(take, particles)
+
+    def gather(particles: Any, ancestors: Array) -> Any:
+        return jax.lax.cond(exchange, resampling.gather, within, particles, ancestors)
+
+    return gather
+
+
+_COLLECTIVE = re.compile(
+    r"= (\(.*?\)|\S+) (all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter)(-start)?\("
+)
+_ARRAY = re.compile(r"(pred|[a-z]+)(\d*)\[([\d,]*)\]")
+
+
+def collective_bytes(hlo_text: str) -> dict[str, int]:
+    """Bytes each device receives per collective kind, summed over a compiled HLO module's text
+    (``jax.jit(f).lower(...).compile().as_text()``): the size of each collective's result (for
+    an async ``-start`` op, the last element of its result tuple). Branches count as if all ran."""
+    totals: dict[str, int] = {}
+    for shape, kind, start in _COLLECTIVE.findall(hlo_text):
+        arrays = _ARRAY.findall(shape)
+        if start:
+            arrays = arrays[-1:]
+        size = 0
+        for dtype, bits, dims in arrays:
+            count = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+            size += count * (1 if dtype == "pred" else int(bits) // 8)
+        totals[kind] = totals.get(kind, 0) + size
+    return totals
