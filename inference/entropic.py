@@ -53,6 +53,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp, xlogy
+from jax.sharding import Mesh
 
 from inference import resampling
 from inference.resampling import Scheme
@@ -105,6 +106,9 @@ class EntropicPF(SMC):
         tau0: float = 2.0,
         defensive: float = 0.5,
         record_deterministic: bool = False,
+        *,
+        mesh: Mesh | None = None,
+        mesh_axis: str | None = None,
     ):
         if schedule is not None and schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES} or None, got {schedule!r}")
@@ -112,7 +116,9 @@ class EntropicPF(SMC):
             raise ValueError(f"defensive must be in [0, 1), got {defensive}")
         if tau0 < 1:
             raise ValueError(f"tau0 must be >= 1, got {tau0}")
-        super().__init__(program, num_particles, resampling, threshold, record_deterministic)
+        super().__init__(
+            program, num_particles, resampling, threshold, record_deterministic, mesh=mesh, mesh_axis=mesh_axis
+        )
         self.schedule = schedule
         self.threshold = threshold
         self.early_phase = early_phase

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from inference.entropic import EntropicPF
 from inference.pmcmc import ChainResult, ParticleGibbs
@@ -66,12 +67,18 @@ class SearchSpec:
     ess_threshold: float = 0.5
     schedule: str = "ess"  # epf only: the temperature schedule of `inference.EntropicPF`
     lookahead: bool = False  # epf only
+    mesh: Mesh | None = None  # shard the particles over this mesh's first axis (not pg)
+    islands: int = 0  # pf only: island resampling with this many islands (`inference.sharding`)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.num_particles < 1:
             raise ValueError(f"the budget must be at least 1 particle, got {self.num_particles}")
+        if self.mesh is not None and self.method == "pg":
+            raise ValueError("pg runs its sweeps on one device; drop the mesh or choose another method")
+        if self.islands and self.method != "pf":
+            raise ValueError(f"islands apply to pf only, not {self.method!r}")
 
     @property
     def particles(self) -> int:
@@ -83,19 +90,20 @@ class SearchSpec:
     def engine(self, program: StateSpaceProgram) -> SMC | ChainEngine:
         """The engine (``run_unchecked(key, *args)``, pure) that runs this method."""
         n = self.particles
+        placed = dict(record_deterministic=True, mesh=self.mesh)
         if self.method == "epf":
             return EntropicPF(
                 program, n, self.schedule, self.ess_threshold, resampling=self.resampling, lookahead=self.lookahead,
-                record_deterministic=True,
+                **placed,
             )
         if self.method == "pg":
             per_sweep = min(n, max(2, 1 << ((n.bit_length() - 1) // 2)))
             return ChainEngine(ParticleGibbs(program, per_sweep), max(1, n // per_sweep))
         if self.method == "pf":
-            return SMC(program, n, self.resampling, self.ess_threshold, record_deterministic=True)
+            return SMC(program, n, self.resampling, self.ess_threshold, islands=self.islands, **placed)
         if self.method == "beam":
-            return SMC(program, n, top_k_scheme(BEAM_EXPANSION), 1.0, record_deterministic=True)
-        return SMC(program, n, "systematic", 0.0, record_deterministic=True)  # independent samples
+            return SMC(program, n, top_k_scheme(BEAM_EXPANSION), 1.0, **placed)
+        return SMC(program, n, "systematic", 0.0, **placed)  # independent samples
 
 
 @dataclasses.dataclass(frozen=True)

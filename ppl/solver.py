@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from inference.answers import answer_posterior, votes
 from inference.search import SELECTION, SearchSpec, reasoning_program
@@ -138,7 +139,7 @@ class Solver:
             args = (keys, jnp.asarray(tokens[padded]), jnp.asarray(mask[padded]), judge, self.lm, self.prm)
             run = self._executable(spec, capacity, args)
             began = time.perf_counter()
-            result = jax.device_get(run(*args))
+            result = to_host(run(*args))
             seconds = (time.perf_counter() - began) / len(chunk)
             for row, index in enumerate(chunk):
                 for method in methods:
@@ -194,6 +195,14 @@ class Solver:
         so the final weights no longer mean anything and the answer gets no confidence."""
         status = getattr(result, "weight_status", None)
         return status is not None and bool(np.any(np.asarray(status)[row] == 3))
+
+
+def to_host(tree: Any) -> Any:
+    """A run's result as numpy on this host; arrays sharded over several processes (multi-host
+    runs under ``jax.distributed``) are gathered from all of them."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _jsonable(answer: Hashable | None) -> Any:
