@@ -135,21 +135,26 @@ def reasoning_program(
     form: str = "bernoulli",
     beta: float = 1.0,
     is_final: Callable[[jax.Array], jax.Array] | None = None,
+    share_prompt: bool = True,
 ) -> StateSpaceProgram:
     """prompt -> steps -> answer: the LM writes a step, the PRM judges it, until done.
 
     Program arguments: `(lm_state, judge, lm, prm)` — the prefilled prompt, the
     PRM's initial state (its prompt cache, or a verifier's task context), and the
-    two models. `is_final(step_tokens [1, T]) -> [1] bool` marks a final step.
+    two models. With `share_prompt` (default) the prompt's caches are shared by all
+    particles and stored once; otherwise each particle copies them (the caches
+    passed in must then have room for the steps).
+    `is_final(step_tokens [1, T]) -> [1] bool` marks a final step.
     """
 
     def init(lm_state, judge, lm, prm):
-        return reasoning.start(lm_state, judge, max_steps, params.max_tokens)
+        return reasoning.start(lm_state, judge, max_steps, params.max_tokens, share_prompt)
 
     def step(trace, t, lm_state, judge, lm, prm):
-        trace = reasoning.write_step("step", lm, trace, params, stops)
+        prompts = (lm_state, judge) if share_prompt else (None, None)
+        trace = reasoning.write_step("step", lm, trace, params, stops, prompt=prompts[0])
         if is_final is not None:
             trace = trace._replace(done=trace.done | is_final(trace.last_step[0]))
-        return reasoning.observe_prm("prm", prm, trace, form=form, beta=beta)
+        return reasoning.observe_prm("prm", prm, trace, form=form, beta=beta, prompt=prompts[1])
 
     return StateSpaceProgram(init, step, max_steps)

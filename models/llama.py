@@ -11,6 +11,11 @@ those positions alone, so rows of different lengths, left or right padding,
 and particles that stopped early all share one code path: `extend` writes a
 chunk's valid tokens compactly after each row's last slot and attends to
 everything valid at an earlier or equal position.
+
+A read-only `prefix` cache (a prompt prefilled once) can be shared by many
+rows: with P prefix rows and B = P * G rows, row b also attends to prefix row
+b // G. Particles thus keep only their own tokens in their caches, and the
+prompt's keys and values are stored once.
 """
 
 from __future__ import annotations
@@ -65,6 +70,12 @@ class KVCache(NamedTuple):
         """RoPE position the next token of each row will take."""
         return jnp.max(self.positions, axis=1) + 1
 
+    def empty(self, capacity: int) -> KVCache:
+        """A fresh cache of `capacity` slots with this one's layers, rows, heads and dtype."""
+        layers, batch, _, heads, dim = self.k.shape
+        zeros = jnp.zeros((layers, batch, capacity, heads, dim), self.k.dtype)
+        return KVCache(zeros, zeros, jnp.full((batch, capacity), -1, jnp.int32), jnp.zeros((batch,), jnp.int32))
+
 
 def rope_inverse_frequencies(config: Config) -> jax.Array:
     """Inverse frequencies of RoPE, with llama3's frequency-dependent scaling if configured."""
@@ -117,13 +128,14 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dtype)
         self.config = config
 
-    def __call__(self, x, positions, k_cache, v_cache, layer, dest, key_positions, inv_freq):
+    def __call__(self, x, positions, k_cache, v_cache, layer, dest, key_positions, inv_freq, prefix=None):
         """Attend from the chunk `x` [B, T, C] to the cache after writing the chunk into it.
 
         `k_cache`/`v_cache` are every layer's caches [L, B, S, K, D]; this layer's is
         `layer`, updated in place (no per-layer slice and re-stack of the whole cache).
         `dest` [B, T] is each token's cache slot (out of range for padding: dropped);
-        `key_positions` [B, S] the slots' positions after the write.
+        `key_positions` [B, S] the slots' positions after the write; `prefix` a shared
+        read-only `KVCache` attended to first (see the module docstring).
         """
         c = self.config
         batch, length, _ = x.shape
@@ -142,14 +154,34 @@ class Attention(nnx.Module):
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(batch, length, c.num_kv_heads, groups, c.head_dim)
         scores = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(c.head_dim)
-        visible = (key_positions[:, None, :] >= 0) & (key_positions[:, None, :] <= positions[:, :, None])
-        if c.sliding_window is not None:
-            visible &= key_positions[:, None, :] > positions[:, :, None] - c.sliding_window
-        scores = jnp.where(visible[:, None, None], scores, MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, values)
+        scores = jnp.where(self._visible(key_positions, positions)[:, None, None], scores, MASK_VALUE)
+        if prefix is None:
+            probs = jax.nn.softmax(scores / math.sqrt(c.head_dim), axis=-1).astype(values.dtype)
+            out = jnp.einsum("bkgts,bskd->btkgd", probs, values)
+            return self.o_proj(out.reshape(batch, length, -1)), k_cache, v_cache
+
+        shared = prefix.positions.shape[0]  # prefix rows; row b reads prefix row b // (batch / shared)
+        by_prefix = lambda a: a.reshape(shared, batch // shared, *a.shape[1:])
+        prefix_keys, prefix_values = prefix.k[layer], prefix.v[layer]  # [P, Sp, K, D]
+        prefix_scores = jnp.einsum(
+            "prtkgd,pskd->prkgts", by_prefix(q), prefix_keys, preferred_element_type=jnp.float32
+        ).reshape(batch, *scores.shape[1:-1], -1)
+        row_positions = jnp.repeat(prefix.positions, batch // shared, axis=0)
+        visible = self._visible(row_positions, positions)
+        prefix_scores = jnp.where(visible[:, None, None], prefix_scores, MASK_VALUE)
+        both = jnp.concatenate([prefix_scores, scores], axis=-1) / math.sqrt(c.head_dim)
+        probs = jax.nn.softmax(both, axis=-1).astype(values.dtype)
+        from_prefix = probs[..., : prefix_keys.shape[1]]
+        out = jnp.einsum("bkgts,bskd->btkgd", probs[..., prefix_keys.shape[1] :], values)
+        out += jnp.einsum("prkgts,pskd->prtkgd", by_prefix(from_prefix), prefix_values).reshape(out.shape)
         return self.o_proj(out.reshape(batch, length, -1)), k_cache, v_cache
+
+    def _visible(self, key_positions: jax.Array, positions: jax.Array) -> jax.Array:
+        """[B, T, S]: query t may read slot s (filled, not in its future, inside the window)."""
+        visible = (key_positions[:, None, :] >= 0) & (key_positions[:, None, :] <= positions[:, :, None])
+        if self.config.sliding_window is not None:
+            visible &= key_positions[:, None, :] > positions[:, :, None] - self.config.sliding_window
+        return visible
 
 
 class MLP(nnx.Module):
@@ -170,9 +202,9 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = MLP(config, dtype, rngs)
 
-    def __call__(self, x, positions, k_cache, v_cache, layer, dest, key_positions, inv_freq):
+    def __call__(self, x, positions, k_cache, v_cache, layer, dest, key_positions, inv_freq, prefix=None):
         attn, k_cache, v_cache = self.self_attn(
-            self.input_layernorm(x), positions, k_cache, v_cache, layer, dest, key_positions, inv_freq
+            self.input_layernorm(x), positions, k_cache, v_cache, layer, dest, key_positions, inv_freq, prefix
         )
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), k_cache, v_cache
@@ -206,17 +238,24 @@ class Llama(nnx.Module):
         )
 
     def hidden_states(
-        self, tokens: jax.Array, cache: KVCache, mask: jax.Array | None = None
+        self, tokens: jax.Array, cache: KVCache, mask: jax.Array | None = None, prefix: KVCache | None = None
     ) -> tuple[jax.Array, KVCache]:
         """Append `tokens` [B, T] (where `mask` is True) to `cache`; final-norm hidden states [B, T, C].
 
         Valid tokens of a row are stored contiguously after the row's last slot and
-        take consecutive positions, whatever the padding pattern of the chunk.
+        take consecutive positions, whatever the padding pattern of the chunk. With a
+        shared `prefix` (P rows, P dividing B) each row continues after its prefix row.
         """
         if mask is None:
             mask = jnp.ones(tokens.shape, bool)
         offset = jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
-        positions = jnp.where(mask, cache.next_position()[:, None] + offset, -1)
+        start = cache.next_position()
+        if prefix is not None:
+            shared = prefix.positions.shape[0]
+            if tokens.shape[0] % shared:
+                raise ValueError(f"{shared} prefix rows cannot be shared by {tokens.shape[0]} rows")
+            start = jnp.maximum(start, jnp.repeat(prefix.next_position(), tokens.shape[0] // shared))
+        positions = jnp.where(mask, start[:, None] + offset, -1)
         dest = jnp.where(mask, cache.length[:, None] + offset, cache.capacity)  # padding: dropped
         rows = jnp.arange(tokens.shape[0])[:, None]
         key_positions = cache.positions.at[rows, dest].set(positions, mode="drop")
@@ -225,7 +264,7 @@ class Llama(nnx.Module):
         x = self.embed_tokens(jnp.where(mask, tokens, 0))
         k, v = cache.k, cache.v
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, positions, k, v, i, dest, key_positions, inv_freq)
+            x, k, v = layer(x, positions, k, v, i, dest, key_positions, inv_freq, prefix)
         cache = KVCache(
             k=k,
             v=v,
@@ -243,10 +282,10 @@ class Llama(nnx.Module):
         return out.astype(jnp.float32)
 
     def extend(
-        self, tokens: jax.Array, cache: KVCache, mask: jax.Array | None = None
+        self, tokens: jax.Array, cache: KVCache, mask: jax.Array | None = None, prefix: KVCache | None = None
     ) -> tuple[jax.Array, KVCache]:
         """Cached forward of a chunk: (logits [B, T, V], updated cache)."""
-        hidden, cache = self.hidden_states(tokens, cache, mask)
+        hidden, cache = self.hidden_states(tokens, cache, mask, prefix)
         return self.logits(hidden), cache
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:

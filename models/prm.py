@@ -94,14 +94,20 @@ class PRM(nnx.Module):
         return cache
 
     def score_step(
-        self, cache: KVCache, tokens: jax.Array, mask: jax.Array, keep_tag: bool = True
+        self,
+        cache: KVCache,
+        tokens: jax.Array,
+        mask: jax.Array,
+        keep_tag: bool = True,
+        prefix: KVCache | None = None,
     ) -> tuple[jax.Array, KVCache]:
         """Read one new step [B, T] (valid where `mask`, padding at the end) -> (reward [B], cache).
 
         The step tag (if the convention has one) is appended after the step's tokens;
         with `keep_tag=False` it is scored but not kept in the context (the "model"
         aggregation: the trace is judged as if it were one step). Rows whose mask is
-        all False keep their cache unchanged (their reward is meaningless).
+        all False keep their cache unchanged (their reward is meaningless). `prefix`:
+        the prompt's cache shared by the rows (`cache` then holds only their steps).
         """
         batch = tokens.shape[0]
         count = jnp.sum(mask, axis=1)
@@ -114,12 +120,12 @@ class PRM(nnx.Module):
                 mask = mask | tag_at
                 count = count + (count > 0)
             else:
-                hidden, kept = self.model.hidden_states(tokens, cache, mask)
-                tag_hidden, _ = self.model.hidden_states(tokens, cache, mask | tag_at)
+                hidden, kept = self.model.hidden_states(tokens, cache, mask, prefix)
+                tag_hidden, _ = self.model.hidden_states(tokens, cache, mask | tag_at, prefix)
                 last = jnp.maximum(count, 0)
                 reward = self.rewards_from_hidden(jnp.take_along_axis(tag_hidden, last[:, None, None], axis=1)[:, 0])
                 return reward, kept
-        hidden, cache = self.model.hidden_states(tokens, cache, mask)
+        hidden, cache = self.model.hidden_states(tokens, cache, mask, prefix)
         last = jnp.maximum(count - 1, 0)
         return self.rewards_from_hidden(jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]), cache
 

@@ -194,13 +194,15 @@ def sample_step(
     params: SamplingParams,
     stops: StopTable,
     active: jax.Array | None = None,
+    prefix: KVCache | None = None,
 ) -> StepResult:
     """Sample one step for every row until EOS, a stop string, or `params.max_tokens`.
 
     Rows with `active` False (e.g. finished particles) produce nothing and keep
     their state bit for bit. The token that triggers a stop is part of the step
     and is written to the cache, so the next step continues after it. Row `b`
-    draws from its own key, `split(key, B)[b]`.
+    draws from its own key, `split(key, B)[b]`. `prefix` is a prompt cache shared
+    by the rows (`models.llama`); `state.cache` then holds only their own tokens.
 
     Under `vmap` (particles each holding a batch of rows) the vmapped axis is
     folded into the row axis and the whole swarm runs as ONE batch in one loop:
@@ -209,7 +211,7 @@ def sample_step(
     """
     batch = state.next_logits.shape[0]
     running = jnp.ones((batch,), bool) if active is None else active.astype(bool)
-    return _row_sampler(params)(lm, jax.random.split(key, batch), state, stops, running)
+    return _row_sampler(params)(lm, jax.random.split(key, batch), state, stops, running, prefix)
 
 
 def draw(row_keys: jax.Array, logp: jax.Array) -> jax.Array:
@@ -224,9 +226,12 @@ def draw(row_keys: jax.Array, logp: jax.Array) -> jax.Array:
     return jnp.sum(cdf <= u[:, None], axis=-1).astype(jnp.int32)
 
 
+_CACHE_AXES = KVCache(1, 1, 0, 0)  # the row axis of each leaf of a `KVCache` (K and V are layer-major)
+
+
 def _state_axes(state: LMState) -> LMState:
-    """The row axis of each leaf of an `LMState` (the cache's K and V are layer-major)."""
-    return LMState(KVCache(1, 1, 0, 0), 0)
+    """The row axis of each leaf of an `LMState`."""
+    return LMState(_CACHE_AXES, 0)
 
 
 def _fold(x: jax.Array, axis: int) -> jax.Array:
@@ -245,15 +250,15 @@ def _row_sampler(params: SamplingParams):
     """`sample_rows` for `params`, whose batching rule folds the vmapped axis into the rows."""
 
     @jax.custom_batching.custom_vmap
-    def run(lm, row_keys, state, stops, running):
-        return _sample_rows(lm, row_keys, state, params, stops, running)
+    def run(lm, row_keys, state, stops, running, prefix):
+        return _sample_rows(lm, row_keys, state, params, stops, running, prefix)
 
     @run.def_vmap
-    def fold(size, in_batched, lm, row_keys, state, stops, running):
-        lm_batched, keys_batched, state_batched, stops_batched, running_batched = in_batched
+    def fold(size, in_batched, lm, row_keys, state, stops, running, prefix):
+        lm_batched, keys_batched, state_batched, stops_batched, running_batched, prefix_batched = in_batched
         if any(jax.tree.leaves((lm_batched, stops_batched))):  # several models: nothing shared to fold
             axes = jax.tree.map(lambda b: 0 if b else None, in_batched)
-            out = jax.vmap(run, in_axes=tuple(axes))(lm, row_keys, state, stops, running)
+            out = jax.vmap(run, in_axes=tuple(axes))(lm, row_keys, state, stops, running, prefix)
             return out, jax.tree.map(lambda _: True, out)
 
         def rows(x, batched, axis):
@@ -261,7 +266,10 @@ def _row_sampler(params: SamplingParams):
             return _fold(x, axis)
 
         state = jax.tree.map(rows, state, state_batched, _state_axes(state))
-        result = run(lm, rows(row_keys, keys_batched, 0), state, stops, rows(running, running_batched, 0))
+        if prefix is not None and any(jax.tree.leaves(prefix_batched)):  # one prefix per vmapped element
+            prefix = jax.tree.map(rows, prefix, prefix_batched, _CACHE_AXES)
+        # An unbatched prefix stays as it is: every folded row shares it, stored once.
+        result = run(lm, rows(row_keys, keys_batched, 0), state, stops, rows(running, running_batched, 0), prefix)
         axes = StepResult(0, 0, 0, 0, 0, _state_axes(result.state))
         out = jax.tree.map(lambda x, axis: _unfold(x, axis, size), result, axes)
         return out, jax.tree.map(lambda _: True, out)
@@ -270,7 +278,13 @@ def _row_sampler(params: SamplingParams):
 
 
 def _sample_rows(
-    lm: Llama, row_keys: jax.Array, state: LMState, params: SamplingParams, stops: StopTable, running: jax.Array
+    lm: Llama,
+    row_keys: jax.Array,
+    state: LMState,
+    params: SamplingParams,
+    stops: StopTable,
+    running: jax.Array,
+    prefix: KVCache | None,
 ) -> StepResult:
     """`sample_step` with one key per row and the running rows given: the loop itself."""
     batch = state.next_logits.shape[0]
@@ -309,7 +323,7 @@ def _sample_rows(
         history, stop_index = match_stops(c["history"], token, stops)
         is_eos = jnp.any(token[:, None] == stops.eos_ids[None, :], axis=1)
         stop = jnp.where(is_eos, STOP_EOS, jnp.where(stop_index >= 0, STOP_STRING + stop_index, STOP_CAP))
-        logits_new, cache = lm.extend(token[:, None], c["state"].cache, run[:, None])
+        logits_new, cache = lm.extend(token[:, None], c["state"].cache, run[:, None], prefix)
         next_logits = jnp.where(run[:, None], logits_new[:, 0], logits)
         where = lambda new, old: jnp.where(run, new, old)
         return dict(
@@ -329,14 +343,16 @@ def _sample_rows(
     return StepResult(c["tokens"], c["length"], c["logp_sample"], c["logp_model"], c["stop"], c["state"])
 
 
-def force_tokens(lm: Llama, state: LMState, tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, LMState]:
+def force_tokens(
+    lm: Llama, state: LMState, tokens: jax.Array, mask: jax.Array, prefix: KVCache | None = None
+) -> tuple[jax.Array, LMState]:
     """Teacher-force `tokens` [B, T] (valid where `mask`, padding at the end) after `state`.
 
     Returns the per-token log-probs under the model [B, T] (0 at padding) and the
     state after the valid tokens. One chunked forward: this is how a PRM scores a
     new step from its own cache, and how a fixed (reference) step is replayed.
     """
-    logits, cache = lm.extend(tokens, state.cache, mask)
+    logits, cache = lm.extend(tokens, state.cache, mask, prefix)
     previous = jnp.concatenate([state.next_logits[:, None], logits[:, :-1]], axis=1)
     logp = jnp.take_along_axis(jax.nn.log_softmax(previous, axis=-1), jnp.maximum(tokens, 0)[..., None], axis=-1)
     count = jnp.sum(mask, axis=1)

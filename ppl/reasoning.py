@@ -16,9 +16,17 @@ is the PRM's verdict on it, as a likelihood in one of three named forms:
 Everything inside a particle keeps a leading batch axis of 1, so the same
 `models` functions serve one particle, a vmapped swarm, or a plain batch.
 
-    def step(trace, t, lm, prm):
-        trace = reasoning.write_step("step", lm, trace, params, stops)
-        return reasoning.observe_prm("prm", prm, trace, form="bernoulli")
+The prompt is prefilled once, outside the particles. With
+`start(..., share_prompt=True)` a particle's caches hold only its own steps and
+every particle reads the prompt's keys and values from the one shared copy, which
+`write_step` and `observe_prm` then take as `prompt=`:
+
+    def init(lm_state, judge, lm, prm):
+        return reasoning.start(lm_state, judge, max_steps, max_tokens, share_prompt=True)
+
+    def step(trace, t, lm_state, judge, lm, prm):
+        trace = reasoning.write_step("step", lm, trace, params, stops, prompt=lm_state)
+        return reasoning.observe_prm("prm", prm, trace, form="bernoulli", prompt=judge)
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
+from models.llama import KVCache
 from models.sampling import NO_TOKEN, STOP_EOS, STOP_STRING, LMState, SamplingParams, StopTable, prefill, sample_step
 
 FORMS = ("bernoulli", "twist", "replace")
@@ -55,9 +64,19 @@ class Trace(NamedTuple):
         return tokens, tokens != NO_TOKEN
 
 
-def start(lm_state: LMState, judge: Any, max_steps: int, max_tokens: int) -> Trace:
-    """An empty trace after a prompt (prefilled once, shared by every particle)."""
+def start(lm_state: LMState, judge: Any, max_steps: int, max_tokens: int, share_prompt: bool = False) -> Trace:
+    """An empty trace after a prompt (prefilled once, outside the particles).
+
+    By default the trace's caches are copies of the prompt's, with room left for
+    the steps. With `share_prompt` they are empty caches sized for the steps alone
+    (`max_steps * (max_tokens + 1)`: each step and a PRM step tag), and every
+    `write_step`/`observe_prm` must get the prompt's state as `prompt=`.
+    """
     batch = lm_state.next_logits.shape[0]
+    if share_prompt:
+        room = max_steps * (max_tokens + 1)
+        lm_state = LMState(lm_state.cache.empty(room), lm_state.next_logits)
+        judge = judge.empty(room) if isinstance(judge, KVCache) else judge
     return Trace(
         lm=lm_state,
         judge=judge,
@@ -84,15 +103,18 @@ def write_step(
     params: SamplingParams,
     stops: StopTable,
     final_stops: tuple[int, ...] = (),
+    prompt: LMState | None = None,
 ) -> Trace:
     """Sample site `name`: the LM writes the next step of `trace`.
 
     The site's value is the step's tokens; its density is the model's log-prob
     and it declares the sampler's (temperature/top-k/top-p) log-prob as
     `proposal_log_prob`, so the SMC weight carries log p - log q. The trace is
-    done after EOS or after stop string `i` for `i` in `final_stops`.
+    done after EOS or after stop string `i` for `i` in `final_stops`. `prompt`:
+    the shared prompt state of a trace started with `share_prompt=True`.
     """
-    result = sample_step(lm, numpyro.prng_key(), trace.lm, params, stops, active=~trace.done)
+    prefix = None if prompt is None else prompt.cache
+    result = sample_step(lm, numpyro.prng_key(), trace.lm, params, stops, active=~trace.done, prefix=prefix)
     log_p = jnp.sum(result.logp_model, axis=1)
     log_q = jnp.sum(result.logp_sample, axis=1)
     tokens = numpyro.sample(
@@ -113,17 +135,23 @@ def write_step(
     )
 
 
-def observe_prm(name: str, prm: Any, trace: Trace, form: str = "bernoulli", beta: float = 1.0) -> Trace:
+def observe_prm(
+    name: str, prm: Any, trace: Trace, form: str = "bernoulli", beta: float = 1.0, prompt: Any = None
+) -> Trace:
     """The PRM's verdict on the latest step, as a likelihood of the given `form`.
 
     `prm.score_step(judge, tokens, mask) -> (reward, judge)` (a model PRM or a
     verifier). `beta` tempers the likelihood (for `replace` it divides the logit,
-    i.e. it is 1/tau).
+    i.e. it is 1/tau). `prompt`: the PRM's shared prompt cache of a trace started
+    with `share_prompt=True` (a verifier's context is not a cache and is ignored).
     """
     if form not in FORMS:
         raise ValueError(f"PRM form must be one of {FORMS}, got {form!r}")
     tokens, mask = trace.last_step
-    reward, judge = prm.score_step(trace.judge, tokens, mask)
+    if isinstance(prompt, KVCache):
+        reward, judge = prm.score_step(trace.judge, tokens, mask, prefix=prompt)
+    else:
+        reward, judge = prm.score_step(trace.judge, tokens, mask)
     log_r = jnp.log(reward)
     if form == "bernoulli":
         with numpyro.handlers.scale(scale=beta):

@@ -80,10 +80,10 @@ class Solver:
         prefix = jnp.asarray(self.tokenizer.encode(self.task.final_prefix, add_special_tokens=False), jnp.int32)
         return lambda step: jnp.all(step[:, : prefix.shape[0]] == prefix, axis=1)
 
-    def _executable(self, spec: SearchSpec, capacity: int, args: tuple):
+    def _executable(self, spec: SearchSpec, args: tuple):
         """The compiled run for these shapes, compiled once ahead of time (so timings exclude it)."""
         shapes = tuple((x.shape, x.dtype) for x in jax.tree.leaves(args[:4]))
-        key = (spec, capacity, shapes)
+        key = (spec, shapes)
         if key not in self._compiled:
             task = self.task
             program = reasoning_program(
@@ -92,9 +92,10 @@ class Solver:
             engine = spec.engine(program)
 
             def one(rng_key, tokens, mask, judge, lm, prm):
-                lm_state = prefill(lm, tokens, mask, capacity)
+                # The prompt's caches hold the prompt alone: particles keep their steps in their own.
+                lm_state = prefill(lm, tokens, mask, tokens.shape[-1])
                 if judge is None:
-                    judge = prm.start(tokens, mask, capacity)
+                    judge = prm.start(tokens, mask, tokens.shape[-1])
                 return engine.run_unchecked(rng_key, lm_state, judge, lm, prm)
 
             began = time.perf_counter()
@@ -126,9 +127,7 @@ class Solver:
         Methods that sample the same way (bon, wbon, majority, wmajority) thus
         share their samples, which makes their comparison paired.
         """
-        task = self.task
         tokens, mask = self._prompts(problems)
-        capacity = tokens.shape[2] + task.max_steps * (task.params.max_tokens + 1)
         batch = min(max(1, PARTICLE_ROWS // spec.particles), 1 << (len(problems) - 1).bit_length())
         out: dict[str, list[dict]] = {m: [] for m in methods}
         for start in range(0, len(problems), batch):
@@ -137,7 +136,7 @@ class Solver:
             judge = self._judges([problems[i] for i in padded])
             keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), start), batch)
             args = (keys, jnp.asarray(tokens[padded]), jnp.asarray(mask[padded]), judge, self.lm, self.prm)
-            run = self._executable(spec, capacity, args)
+            run = self._executable(spec, args)
             began = time.perf_counter()
             result = to_host(run(*args))
             seconds = (time.perf_counter() - began) / len(chunk)

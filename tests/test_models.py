@@ -123,3 +123,31 @@ def test_sharded_index_naming_a_missing_shard(tmp_path):
     shard.unlink()
     with pytest.raises(models.CheckpointError, match=shard.name):
         models.load(path)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("prompt_rows", [1, 2])
+def test_shared_prefix_equals_a_copied_prompt(window, prompt_rows):
+    """Rows reading a shared prompt cache (row b -> prompt b // G) get the logits of rows that
+    hold a copy of the prompt, left padding and a sliding window included."""
+    from models.llama import Config, random_init
+
+    config = Config(vocab_size=11, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=4,
+                    num_kv_heads=2, head_dim=8, sliding_window=window)
+    lm = random_init(config, seed=0, scale=0.5)
+    rng = np.random.default_rng(0)
+    prompts = jnp.asarray(rng.integers(0, 11, (prompt_rows, 5)))
+    prompt_mask = jnp.asarray([[True] * 5, [False, False, True, True, True]][:prompt_rows])
+    steps = jnp.asarray(rng.integers(0, 11, (4, 3)))
+    _, prefix = lm.extend(prompts, lm.init_cache(prompt_rows, 5), prompt_mask)
+    shared, own = lm.extend(steps, lm.init_cache(4, 3), None, prefix)
+    copies = 4 // prompt_rows
+    tokens = jnp.concatenate([jnp.repeat(prompts, copies, 0), steps], 1)
+    mask = jnp.concatenate([jnp.repeat(prompt_mask, copies, 0), jnp.ones((4, 3), bool)], 1)
+    copied, _ = lm.extend(tokens, lm.init_cache(4, 8), mask)
+    np.testing.assert_allclose(shared, copied[:, 5:], atol=1e-5)
+    prompt_lengths = np.repeat(np.asarray(prompt_mask).sum(1), copies)
+    np.testing.assert_array_equal(own.positions, prompt_lengths[:, None] + np.arange(3))  # positions continue
+    assert own.k.shape[2] == 3  # the rows' caches hold their own tokens only
+    with pytest.raises(ValueError, match="cannot be shared"):
+        lm.extend(steps[:3], lm.init_cache(3, 3), None, lm.init_cache(2, 5))

@@ -27,20 +27,28 @@ def test_step_rewards_match_transformers_whole_and_incremental(name):
     whole = jax.jit(lambda p, x: p.rewards(x))(prm, ids)
     np.testing.assert_allclose(np.asarray(whole)[0, positions], g["prm_step_probs"], atol=1e-5)
 
-    # Incrementally: a prompt, then each step without its tag (score_step appends it).
+    # Incrementally: a prompt, then each step without its tag (score_step appends it), with the
+    # prompt in the cache, or shared as a read-only prefix (the particles' layout).
     row = np.asarray(ids[0])
     prompt_end = 4
-    cache = jax.jit(lambda p, t: p.start(t, None, 64))(prm, jnp.asarray(row[None, :prompt_end]))
-    score = jax.jit(lambda p, c, t, m: p.score_step(c, t, m))
     starts = [prompt_end] + [int(p) + 1 for p in positions[:-1]]
-    got = []
-    for start, tag in zip(starts, positions, strict=True):
-        step = np.zeros((1, 24), np.int32)
-        step[0, : tag - start] = row[start:tag]
-        mask = np.arange(24)[None] < tag - start
-        reward, cache = score(prm, cache, jnp.asarray(step), jnp.asarray(mask))
-        got.append(float(reward[0]))
-    np.testing.assert_allclose(got, g["prm_step_probs"], atol=1e-5)
+
+    def read_steps(cache, prefix):
+        score = jax.jit(lambda p, c, t, m, pre: p.score_step(c, t, m, prefix=pre))
+        got = []
+        for start, tag in zip(starts, positions, strict=True):
+            step = np.zeros((1, 24), np.int32)
+            step[0, : tag - start] = row[start:tag]
+            mask = np.arange(24)[None] < tag - start
+            reward, cache = score(prm, cache, jnp.asarray(step), jnp.asarray(mask), prefix)
+            got.append(float(reward[0]))
+        return got
+
+    prompt = jnp.asarray(row[None, :prompt_end])
+    copied = jax.jit(lambda p, t: p.start(t, None, 64))(prm, prompt)
+    np.testing.assert_allclose(read_steps(copied, None), g["prm_step_probs"], atol=1e-5)
+    prefix = jax.jit(lambda p, t: p.start(t, None, prompt_end))(prm, prompt)
+    np.testing.assert_allclose(read_steps(prefix.empty(64), prefix), g["prm_step_probs"], atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["prm_classifier", "prm_value"])

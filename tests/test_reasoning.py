@@ -85,3 +85,36 @@ def test_smc_posterior_over_sequences_converges_to_enumeration(form):
     # Unbiased evidence: mean of Z_hat matches Z within Monte Carlo error.
     z_hat = np.exp(log_z_hat - log_z)
     assert abs(z_hat.mean() - 1.0) < 4 * z_hat.std() / np.sqrt(len(z_hat)) + 1e-3
+
+
+def test_shared_prompt_gives_the_same_particles_with_smaller_state():
+    """Particles reading one shared prompt cache write the same steps, get the same weights,
+    and carry caches sized for their steps alone."""
+    config = Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_layers=1,
+                    num_heads=2, num_kv_heads=1, head_dim=8)
+    lm = random_init(config, seed=1, scale=0.6)
+    prm = TablePRM(jnp.asarray(np.random.default_rng(0).uniform(0.05, 1.0, (VOCAB, VOCAB)), jnp.float32))
+    prompt = jnp.array([[0, 1, 2, 3, 0, 1, 2, 3, 0, 1]])
+    last = prompt[:, -1]
+
+    def program(share):
+        def init(lm_state, prm, lm):
+            return reasoning.start(lm_state, last, STEPS, PARAMS.max_tokens, share_prompt=share)
+
+        def step(trace, t, lm_state, prm, lm):
+            trace = reasoning.write_step("step", lm, trace, PARAMS, STOPS, prompt=lm_state if share else None)
+            return reasoning.observe_prm("prm", prm, trace)
+
+        return ppl.StateSpaceProgram(init, step, STEPS)
+
+    runs = {}
+    for share, capacity in ((False, prompt.shape[1] + STEPS * 2), (True, prompt.shape[1])):
+        lm_state, _ = reasoning.prefill_prompt(lm, prm, prompt, capacity)
+        runs[share] = SMC(program(share), 32, ess_threshold=1.0).run(jax.random.key(5), lm_state, prm, lm)
+    copied, shared = runs[False], runs[True]
+    np.testing.assert_array_equal(copied.particles.steps, shared.particles.steps)
+    np.testing.assert_array_equal(copied.ancestors, shared.ancestors)
+    np.testing.assert_allclose(copied.log_weights, shared.log_weights, atol=1e-5)
+    np.testing.assert_allclose(copied.log_evidence, shared.log_evidence, rtol=1e-5)
+    assert shared.particles.lm.cache.k.shape[3] == STEPS * (PARAMS.max_tokens + 1)
+    assert copied.particles.lm.cache.k.shape[3] == prompt.shape[1] + STEPS * 2
