@@ -9,9 +9,11 @@ is the PRM's verdict on it, as a likelihood in one of three named forms:
   (target ∝ p_LM · Π r_t^beta; Puri et al. 2025);
 * `twist`: factor (r_t / r_{t-1})^beta, so the target is ∝ p_LM · r_T^beta
   (twisted SMC: intermediate targets use the PRM as a look-ahead value);
-* `replace`: factor exp(logit(r_t) / tau) whose previous weight is discarded
-  by resampling every step (its_hub's convention; run SMC with
-  `ess_threshold=1.0`), kept for parity with published numbers.
+* `replace`: factor (r_t / (1 - r_t))^beta, so the target is
+  ∝ p_LM · Π (r_t / (1 - r_t))^beta whatever the resampling schedule; run with
+  `ess_threshold=1.0` and every resampling draws from softmax(beta · logit(r_t))
+  with the previous weights discarded, its_hub's convention (kept for parity
+  with published numbers).
 
 Everything inside a particle keeps a leading batch axis of 1, so the same
 `models` functions serve one particle, a vmapped swarm, or a plain batch.

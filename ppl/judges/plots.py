@@ -1,21 +1,23 @@
-"""PNG figures: a forest plot of candidates and heatmaps of judge/worker confusion."""
+"""PNG figures: a forest plot of candidates and heatmaps of judge/worker confusion.
+
+Figures are built with matplotlib's object API (no pyplot), so importing this module does
+not touch the backend a notebook or script has chosen.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
 
 def forest(frame: pd.DataFrame, path: str | Path, title: str = "", xlabel: str = "quality") -> Path:
     """Candidates (rows of `to_frame()`) as posterior means with 90% intervals, best on top."""
     f = frame.sort_values("quality_mean")
-    fig, ax = plt.subplots(figsize=(6.0, 0.35 * len(f) + 1.2))
+    fig = Figure(figsize=(6.0, 0.35 * len(f) + 1.2))
+    ax = fig.subplots()
     y = np.arange(len(f))
     ax.errorbar(f["quality_mean"], y, xerr=[f["quality_mean"] - f["ci_low"], f["ci_high"] - f["quality_mean"]],
                 fmt="o", color="C0", ecolor="C0", capsize=3)
@@ -26,7 +28,6 @@ def forest(frame: pd.DataFrame, path: str | Path, title: str = "", xlabel: str =
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return Path(path)
 
 
@@ -38,7 +39,8 @@ def confusion_heatmaps(confusion: np.ndarray, names, levels, path: str | Path, t
     n = len(order)
     cols = min(4, n)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.5 * rows + 0.4), squeeze=False)
+    fig = Figure(figsize=(2.6 * cols, 2.5 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
     ticks = [f"{v:g}" if isinstance(v, (int, float, np.number)) else str(v) for v in levels]
     for ax, w in zip(axes.flat, order, strict=False):
         im = ax.imshow(confusion[w], vmin=0.0, vmax=1.0, cmap="viridis")
@@ -52,7 +54,6 @@ def confusion_heatmaps(confusion: np.ndarray, names, levels, path: str | Path, t
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
     fig.suptitle(title)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
