@@ -21,16 +21,15 @@ at 30M batch 64, 2 * params * tokens/s / peak.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from report import write_json
 
 from models.llama import Config, num_parameters, random_init
 from models.sampling import SamplingParams, generate, stop_table_from_bytes
@@ -215,10 +214,7 @@ def main(argv=None) -> dict:
         s = summary["peak_fraction_30M"]
         print(f"30M batch {s['batch']}: {100 * s['fraction']:.1f}% of matmul peak (target {100 * PEAK_TARGET:.0f}%) "
               f"{'MET' if s['met'] else 'MISSED'}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, result)}")
     return result
 
 

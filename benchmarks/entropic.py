@@ -16,13 +16,12 @@ counted), seconds per problem. The paper's claim to check: `epf` >= `pf` at N <=
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import jax
+from report import write_json
 
 from inference.entropic import SCHEDULES
 from inference.search import SearchSpec
@@ -89,10 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
             r = cell.get((label, n))
             line += f"{r['accuracy']:>9.3f} ({r['tokens']:>4.0f})" if r else f"{'-':>16}"
         print(line)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out} ({result['total_s']:.0f}s)")
+    print(f"wrote {write_json(args.out, result)} ({result['total_s']:.0f}s)")
     return result
 
 

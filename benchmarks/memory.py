@@ -13,12 +13,11 @@ read by all. Countdown's own prompt (padded to 32 tokens) and a long few-shot-si
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from report import write_json
 
 from inference.search import SearchSpec, reasoning_program
 from ppl.commands.shipped import load_models
@@ -70,10 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         copied = next(x for x in rows if x["prompt_tokens"] == r["prompt_tokens"] and x["layout"] == "copied")
         print(f"{r['prompt_tokens']:>7}{r['layout']:>8}{r['peak_bytes'] / 2**20:>10.2f}"
               f"{r['particle_state_bytes'] / 1024:>14.1f}{r['peak_bytes'] / copied['peak_bytes']:>12.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out} ({result['total_s']:.0f}s)")
+    print(f"wrote {write_json(args.out, result)} ({result['total_s']:.0f}s)")
     return result
 
 

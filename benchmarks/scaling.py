@@ -25,16 +25,15 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
+from report import write_json  # noqa: E402
 
 from inference import resampling  # noqa: E402
 from inference.search import SearchSpec, reasoning_program  # noqa: E402
@@ -121,10 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         exchange = f"{r['bytes_per_exchange'] / 1024:>14.1f}" if r["bytes_per_exchange"] is not None else f"{'-':>14}"
         print(f"{r['mode']:<8}{r['devices']:>8}{r['particles']:>5}{r['seconds_per_problem']:>11.3f}"
               f"{r['bytes_per_resampling'] / 1024:>14.1f}{exchange}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out} ({result['total_s']:.0f}s)")
+    print(f"wrote {write_json(args.out, result)} ({result['total_s']:.0f}s)")
     return result
 
 

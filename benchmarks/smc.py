@@ -23,16 +23,15 @@ that step.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from report import write_json
 
 import ppl
 from inference import SMC
@@ -194,10 +193,7 @@ def main(argv=None) -> dict:
         print(f"{r['num_particles']:>4} {r['prm_score_step_s'] * 1e3:>18.2f} {r['lm_write_step_s'] * 1e3:>17.2f} "
               f"{r['prm_over_lm']:>7.2f}")
     print(f"overhead target <= {100 * TARGET:.0f}%: {'MET' if result['met'] else 'MISSED'}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, result)}")
     return result
 
 
