@@ -57,6 +57,9 @@ class Trace(NamedTuple):
     rewards: jax.Array  # [1, max_steps] PRM reward of each step
     log_reward: jax.Array  # [1] log r of the latest step (twist's denominator)
     done: jax.Array  # [1] the trace has finished (EOS, final-answer marker, step cap)
+    # () when the caches hold the steps only and the prompt is shared, None when they copy it:
+    # a leafless marker, so it is static under jit/vmap and the pairing with `prompt=` is checkable.
+    shared_prompt: tuple | None = None
 
     @property
     def last_step(self) -> tuple[jax.Array, jax.Array]:
@@ -88,7 +91,18 @@ def start(lm_state: LMState, judge: Any, max_steps: int, max_tokens: int, share_
         rewards=jnp.zeros((batch, max_steps), jnp.float32),
         log_reward=jnp.zeros((batch,), jnp.float32),
         done=jnp.zeros((batch,), bool),
+        shared_prompt=() if share_prompt else None,
     )
+
+
+def _check_prompt(trace: Trace, prompt: Any, where: str) -> None:
+    """A trace started with `share_prompt=True` needs the shared prompt, and only such a trace."""
+    if (trace.shared_prompt is not None) != (prompt is not None):
+        started = "with" if trace.shared_prompt is not None else "without"
+        raise ValueError(
+            f"{where}: the trace was started {started} share_prompt=True, so pass "
+            + ("prompt=<the prefilled prompt state>" if trace.shared_prompt is not None else "no prompt=")
+        )
 
 
 def prefill_prompt(lm: Any, prm: Any, tokens: jax.Array, capacity: int) -> tuple[LMState, Any]:
@@ -115,6 +129,7 @@ def write_step(
     done after EOS or after stop string `i` for `i` in `final_stops`. `prompt`:
     the shared prompt state of a trace started with `share_prompt=True`.
     """
+    _check_prompt(trace, prompt, f"write_step({name!r})")
     prefix = None if prompt is None else prompt.cache
     result = sample_step(lm, numpyro.prng_key(), trace.lm, params, stops, active=~trace.done, prefix=prefix)
     log_p = jnp.sum(result.logp_model, axis=1)
@@ -150,9 +165,11 @@ def observe_prm(
     if form not in FORMS:
         raise ValueError(f"PRM form must be one of {FORMS}, got {form!r}")
     tokens, mask = trace.last_step
-    if isinstance(prompt, KVCache):
-        reward, judge = prm.score_step(trace.judge, tokens, mask, prefix=prompt)
-    else:
+    if isinstance(trace.judge, KVCache):  # a model PRM: its cache follows the trace's prompt sharing
+        _check_prompt(trace, prompt, f"observe_prm({name!r})")
+        shared = {} if prompt is None else {"prefix": prompt}
+        reward, judge = prm.score_step(trace.judge, tokens, mask, **shared)
+    else:  # a verifier (or any PRM whose state is not a cache): nothing to share
         reward, judge = prm.score_step(trace.judge, tokens, mask)
     log_r = jnp.log(reward)
     if form == "bernoulli":

@@ -6,12 +6,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 import pytest
 
 import ppl
 from inference import SMC
 from models.llama import Config, random_init
-from models.sampling import SamplingParams, score, stop_table_from_bytes
+from models.sampling import SamplingParams, prefill, score, stop_table_from_bytes
 from ppl import reasoning
 
 VOCAB, STEPS = 4, 3
@@ -118,3 +119,19 @@ def test_shared_prompt_gives_the_same_particles_with_smaller_state():
     np.testing.assert_allclose(copied.log_evidence, shared.log_evidence, rtol=1e-5)
     assert shared.particles.lm.cache.k.shape[3] == STEPS * (PARAMS.max_tokens + 1)
     assert copied.particles.lm.cache.k.shape[3] == prompt.shape[1] + STEPS * 2
+
+
+def test_shared_prompt_and_prompt_argument_must_pair():
+    config = Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_layers=1,
+                    num_heads=2, num_kv_heads=1, head_dim=8)
+    lm = random_init(config, seed=1, scale=0.6)
+    lm_state = prefill(lm, PROMPT, None, PROMPT.shape[1])
+    shared = reasoning.start(lm_state, None, STEPS, PARAMS.max_tokens, share_prompt=True)
+    copied = reasoning.start(lm_state, None, STEPS, PARAMS.max_tokens)
+    with numpyro.handlers.seed(rng_seed=0):
+        with pytest.raises(ValueError, match="started with share_prompt=True, so pass prompt="):
+            reasoning.write_step("step", lm, shared, PARAMS, STOPS)
+        with pytest.raises(ValueError, match="started without share_prompt=True"):
+            reasoning.write_step("step", lm, copied, PARAMS, STOPS, prompt=lm_state)
+        written = reasoning.write_step("step", lm, shared, PARAMS, STOPS, prompt=lm_state)
+    assert int(written.num_steps[0]) == 1 and written.shared_prompt == ()
