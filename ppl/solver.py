@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -127,19 +127,8 @@ class Solver:
         Methods that sample the same way (bon, wbon, majority, wmajority) thus
         share their samples, which makes their comparison paired.
         """
-        tokens, mask = self._prompts(problems)
-        batch = min(max(1, PARTICLE_ROWS // spec.particles), 1 << (len(problems) - 1).bit_length())
         out: dict[str, list[dict]] = {m: [] for m in methods}
-        for start in range(0, len(problems), batch):
-            chunk = list(range(start, min(start + batch, len(problems))))
-            padded = chunk + [chunk[-1]] * (batch - len(chunk))  # fixed shapes: one compile per bucket
-            judge = self._judges([problems[i] for i in padded])
-            keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), start), batch)
-            args = (keys, jnp.asarray(tokens[padded]), jnp.asarray(mask[padded]), judge, self.lm, self.prm)
-            run = self._executable(spec, args)
-            began = time.perf_counter()
-            result = to_host(run(*args))
-            seconds = (time.perf_counter() - began) / len(chunk)
+        for chunk, result, seconds in self.runs(problems, spec, seed):
             for row, index in enumerate(chunk):
                 for method in methods:
                     record = self._record(problems[index], result, row, method, spec)
@@ -148,6 +137,34 @@ class Solver:
             if progress is not None:
                 progress(len(out[methods[0]]), len(problems))
         return out
+
+    def runs(
+        self, problems: Sequence[Any], spec: SearchSpec, seed: int = 0
+    ) -> Iterator[tuple[list[int], Any, float]]:
+        """Run `spec` over `problems` in fixed-shape chunks (one compile per bucket).
+
+        Yields `(indices, result, seconds)`: the problems of the chunk, the engine's
+        result on the host (row r belongs to problem `indices[r]`), and the wall
+        seconds per problem (compilation excluded).
+        """
+        tokens, mask = self._prompts(problems)
+        batch = min(max(1, PARTICLE_ROWS // spec.particles), 1 << (len(problems) - 1).bit_length())
+        for start in range(0, len(problems), batch):
+            chunk = list(range(start, min(start + batch, len(problems))))
+            padded = chunk + [chunk[-1]] * (batch - len(chunk))
+            judge = self._judges([problems[i] for i in padded])
+            keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), start), batch)
+            args = (keys, jnp.asarray(tokens[padded]), jnp.asarray(mask[padded]), judge, self.lm, self.prm)
+            run = self._executable(spec, args)
+            began = time.perf_counter()
+            result = to_host(run(*args))
+            yield chunk, result, (time.perf_counter() - began) / len(chunk)
+
+    def particle_texts(self, result: Any, row: int) -> list[list[str]]:
+        """Every particle's steps, as text, for row `row` of a result from `runs`."""
+        trace = result.particles
+        steps, lengths, counts = trace.steps[row, :, 0], trace.step_lengths[row, :, 0], trace.num_steps[row, :, 0]
+        return [self.decode_steps(steps[i], lengths[i], int(counts[i])) for i in range(steps.shape[0])]
 
     def _judges(self, problems: list[Any]) -> Any:
         if not self.oracle:
@@ -167,12 +184,10 @@ class Solver:
     def _record(self, problem, result, row, method, spec) -> dict:
         rule, how = SELECTION[method]
         trace = result.particles
-        steps = trace.steps[row, :, 0]
-        lengths = trace.step_lengths[row, :, 0]
+        texts = self.particle_texts(result, row)
         counts = trace.num_steps[row, :, 0]
-        texts = [self.decode_steps(steps[i], lengths[i], int(counts[i])) for i in range(steps.shape[0])]
         answers = [self.task.answer(problem, t) for t in texts]
-        valid = np.arange(steps.shape[1])[None, :] < counts[:, None]
+        valid = np.arange(trace.steps.shape[3])[None, :] < counts[:, None]  # [N, max_steps]
         scores = np.asarray(aggregate(trace.rewards[row, :, 0], valid, how))
         posterior = answer_posterior(answers, votes(rule, scores, result.log_weights[row], len(texts)))
         chosen = posterior.chosen_trace if posterior.chosen_trace is not None else int(np.argmax(scores))
