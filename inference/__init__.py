@@ -2,6 +2,7 @@
 from inference import resampling as resampling
 from inference.entropic import EntropicPF as EntropicPF
 from inference.pmcmc import PIMH as PIMH
+from inference.pmcmc import InteractingParticleGibbs as InteractingParticleGibbs
 from inference.pmcmc import ParallelTemperingPG as ParallelTemperingPG
 from inference.pmcmc import ParticleGibbs as ParticleGibbs
 from inference.smc import SMC as SMC

@@ -28,11 +28,18 @@ k from the final weights and traces its ancestry back: the trajectory is a ``Ref
   min(1, exp((beta_c - beta_{c+1}) (log L(x_{c+1}) - log L(x_c)))), where log L of a trajectory
   is its summed observed/factor log-density divided by the beta it was recorded at.
 
+* ``InteractingParticleGibbs`` (iPMCMC, Rainforth et al. 2016): several references per chain.
+  Each iteration runs M sweeps in parallel, P of them conditional on the P references and M - P
+  unconditional; then each reference slot j in turn picks which sweep it follows, among its own
+  and the sweeps no other slot holds, with probability ∝ that sweep's evidence estimate Z_m;
+  each slot's new reference is a trajectory drawn from its sweep's final weights. With P = M = 1
+  it is particle Gibbs. (Keeping several references inside ONE conditional SMC with forced
+  ancestors is not an invariant kernel; iPMCMC gives each reference its own sweep.)
+
 Each kernel's state has ``rng_key`` and a ``sample`` property: the reference's latent site
 values, init sites by name and step sites by name with a leading axis T (after a ``done`` step
-a site's value is whatever the frozen particle drew and means nothing). Only one reference
-per chain (``num_references > 1`` is not offered: keeping several references in one
-conditional SMC with forced ancestors is not a known-invariant kernel; run more chains).
+a site's value is whatever the frozen particle drew and means nothing); for
+``InteractingParticleGibbs`` every site has a leading axis P (one value per reference).
 """
 
 from __future__ import annotations
@@ -55,7 +62,16 @@ from ppl.program import StateSpaceProgram, done_flag, run_traced, site_log_prob
 
 Array = jax.Array
 
-__all__ = ["PIMH", "ChainResult", "ParallelTemperingPG", "ParticleGibbs", "Reference", "Slot", "Sweep"]
+__all__ = [
+    "PIMH",
+    "ChainResult",
+    "InteractingParticleGibbs",
+    "ParallelTemperingPG",
+    "ParticleGibbs",
+    "Reference",
+    "Slot",
+    "Sweep",
+]
 
 _LOGLIK, _LOGJOINT, _SITE = "_pmcmc.loglik", "_pmcmc.logjoint", "_pmcmc.site."
 
@@ -362,6 +378,71 @@ class ParticleGibbs(_ParticleKernel):
         every = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), (first, first_user), (references, users))
         finals = jax.tree.map(lambda x: x[:, -1], every[0].steps.state)
         return ChainResult(finals, jnp.full(num_iterations, -jnp.log(num_iterations)), every[1])
+
+
+class IPGState(NamedTuple):
+    """Interacting particle Gibbs state: the P references stacked [P, ...], the number of slots
+    that moved to an unconditional sweep in the last iteration, and the key."""
+
+    references: Reference
+    switches: Array
+    rng_key: Array
+
+    @property
+    def sample(self) -> dict:
+        return self.references.sample
+
+
+class InteractingParticleGibbs(_ParticleKernel):
+    """iPMCMC (Rainforth et al. 2016): P references, each with its own conditional sweep, among M
+    parallel sweeps that trade references by their evidence; see the module.
+
+    ``numpyro.infer.MCMC(InteractingParticleGibbs(program, 8, num_references=2, num_sweeps=4), ...)``;
+    ``get_samples()`` has a leading axis P per site after the draw axis.
+    """
+
+    def __init__(
+        self,
+        program: StateSpaceProgram,
+        num_particles: int,
+        num_references: int = 2,
+        num_sweeps: int = 4,
+        ancestor_sampling: bool = False,
+    ):
+        if not 1 <= num_references <= num_sweeps:
+            raise ValueError(f"need 1 <= num_references <= num_sweeps, got {num_references} and {num_sweeps}")
+        self.sweep = Sweep(program, num_particles, ancestor_sampling)
+        self.num_references = num_references
+        self.num_sweeps = num_sweeps
+
+    def _init(self, rng_key: Array, init_params: Reference | None, args: tuple) -> IPGState:
+        rng_key, init_key = jax.random.split(rng_key)
+        if init_params is None:
+            keys = jax.random.split(init_key, self.num_references)
+            init_params = jax.vmap(lambda k: self.sweep.run(k, None, *args)[0])(keys)
+        return IPGState(init_params, jnp.zeros((), jnp.int32), rng_key)
+
+    def _check(self, state: IPGState, args: tuple) -> None:
+        if self.sweep.ancestor_sampling:
+            self.sweep.check_replay(_take(state.references, 0), args)
+
+    def _sample(self, state: IPGState, args: tuple) -> IPGState:
+        p, m = self.num_references, self.num_sweeps
+        rng_key, conditional_key, free_key, pick_key = jax.random.split(state.rng_key, 4)
+        held, held_z, _ = jax.vmap(lambda k, r: self.sweep.run(k, r, *args))(
+            jax.random.split(conditional_key, p), state.references
+        )
+        drawn, log_z = held, held_z
+        if m > p:
+            free, free_z, _ = jax.vmap(lambda k: self.sweep.run(k, None, *args))(jax.random.split(free_key, m - p))
+            drawn = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), held, free)
+            log_z = jnp.concatenate([held_z, free_z])
+        chosen = jnp.arange(p)  # sweep followed by each reference slot; sweeps 0..P-1 start held
+        for j, key in enumerate(jax.random.split(pick_key, p)):
+            taken_by_others = jnp.zeros(m, bool).at[chosen].set(True).at[chosen[j]].set(False)
+            chosen = chosen.at[j].set(jax.random.categorical(key, jnp.where(taken_by_others, -jnp.inf, log_z)))
+        references = jax.tree.map(lambda x: x[chosen], drawn)
+        return IPGState(references, jnp.sum(chosen >= p).astype(jnp.int32), rng_key)
 
 
 class PIMHState(NamedTuple):

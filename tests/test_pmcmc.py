@@ -1,5 +1,6 @@
 """Particle MCMC kernels inside numpyro's MCMC against the enumerated posterior of a tiny token
-model: particle Gibbs (with and without ancestor sampling), PIMH, parallel-tempering PG."""
+model: particle Gibbs (with and without ancestor sampling), PIMH, parallel-tempering PG,
+interacting particle Gibbs (several references)."""
 
 import jax
 import numpy as np
@@ -8,7 +9,7 @@ import numpyro.distributions as dist
 import pytest
 from numpyro.infer import MCMC
 
-from inference.pmcmc import PIMH, ParallelTemperingPG, ParticleGibbs
+from inference.pmcmc import PIMH, InteractingParticleGibbs, ParallelTemperingPG, ParticleGibbs
 from ppl import StateSpaceProgram
 from tests.models_for_tests import (
     LENGTH,
@@ -55,6 +56,23 @@ def test_particle_gibbs_converges_and_ancestor_sampling_mixes_faster():
 
 def test_pimh_converges():
     assert total_variation(histogram(run(PIMH(PROGRAM, 4))), exact_token_posterior()) < 0.1
+
+
+def test_interacting_particle_gibbs_with_several_references_converges():
+    kernel = InteractingParticleGibbs(PROGRAM, 4, num_references=2, num_sweeps=4)
+    mcmc = MCMC(kernel, num_warmup=WARMUP, num_samples=SAMPLES, num_chains=CHAINS,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0), extra_fields=("switches",))
+    tokens = np.asarray(mcmc.get_samples(group_by_chain=True)["tok"])
+    switches = np.asarray(mcmc.get_extra_fields()["switches"])
+    assert tokens.shape == (CHAINS, SAMPLES, 2, LENGTH)  # one trajectory per reference
+    assert total_variation(histogram(tokens), exact_token_posterior()) < 0.1
+    assert 0 < switches.mean() < 2  # references do move to the unconditional sweeps, not always
+    # Trading references with fresh sweeps fights path degeneracy like ancestor sampling does.
+    plain = run(ParticleGibbs(PROGRAM, 4))
+    assert first_token_update_rate(tokens[:, :, 0]) > 1.5 * first_token_update_rate(plain)
+    with pytest.raises(ValueError, match="num_references <= num_sweeps"):
+        InteractingParticleGibbs(PROGRAM, 4, num_references=3, num_sweeps=2)
 
 
 def tempered(beta):
