@@ -41,7 +41,7 @@ def test_global_resampling_gives_the_same_particles_on_1_and_8_devices():
         """
         import json, jax, jax.numpy as jnp, numpy as np
         from jax.sharding import Mesh
-        from inference import SMC
+        from inference import SMC, EntropicPF
         from models.llama import Config, random_init
         from models.sampling import prefill
         from ppl import StateSpaceProgram
@@ -76,6 +76,17 @@ def test_global_resampling_gives_the_same_particles_on_1_and_8_devices():
                     "resampled": int(np.sum(one.resampled)),
                     "sharded": len(jax.tree.leaves(eight.particles)[0].sharding.device_set),
                 }
+        entropic = [EntropicPF(StateSpaceProgram(lg_init, lg_step, len(YS)), 64, "ess", 1.0, lookahead=True, mesh=m)
+                    for m in (None, mesh)]
+        one, eight = (pf.run(jax.random.key(3), YS) for pf in entropic)
+        report["entropic_lookahead"] = {
+            "same_ancestors": bool(np.array_equal(one.ancestors, eight.ancestors)),
+            "same_discrete": True,
+            "float_difference": float(np.max(np.abs(one.particles["x"] - eight.particles["x"]))),
+            "log_evidence": [float(one.log_evidence), float(eight.log_evidence)],
+            "resampled": int(np.sum(one.resampled)),
+            "sharded": len(eight.particles["x"].sharding.device_set),
+        }
         print(json.dumps(report))
         """
     )
