@@ -66,12 +66,15 @@ def resampling_bytes(particles, mesh: Mesh, islands: int, exchange: bool) -> int
     state = jax.tree.map(lambda s: jax.device_put(jnp.zeros(s.shape, s.dtype), placement.sharded), particles)
     log_weights = jax.nn.log_softmax(jnp.linspace(0.0, 3.0, n))
 
+    every_step = adaptive_resampler("systematic", 1.0)
+
     def step(key, state, log_weights):
         if islands:
             flag = jnp.asarray(exchange)
-            ancestors, _, _ = island_resampler(resampling.systematic, 1.0, islands, flag)(key, log_weights)
+            resample = island_resampler(every_step, resampling.systematic, 1.0, islands, flag)
+            ancestors, _, _ = resample(key, log_weights)
             return placement.constrain(island_gather(islands, flag)(state, ancestors))
-        ancestors, _, _ = adaptive_resampler("systematic", 1.0)(key, log_weights)
+        ancestors, _, _ = every_step(key, log_weights)
         return placement.constrain(resampling.gather(state, ancestors))
 
     compiled = jax.jit(step).lower(jax.random.key(0), state, log_weights).compile()

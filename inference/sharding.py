@@ -32,6 +32,8 @@ from inference.resampling import Scheme
 Array = jax.Array
 # (particles, ancestors[N]) -> particles
 Gather = Callable[[Any, Array], Any]
+# (key, normalised log_weights[N]) -> (ancestors[N], log_weights after resampling, resampled?)
+Resampler = Callable[[Array, Array], tuple[Array, Array, Array]]
 
 __all__ = ["ParticlePlacement", "collective_bytes", "island_gather", "island_resampler"]
 
@@ -64,11 +66,13 @@ class ParticlePlacement:
         return jax.tree.map(pin, particles)
 
 
-def island_resampler(scheme: Scheme, ess_threshold: float, num_islands: int, exchange: Array):
-    """A ``Resampler`` that resamples within islands, or globally when ``exchange`` is True.
+def island_resampler(
+    global_resampler: Resampler, scheme: Scheme, ess_threshold: float, num_islands: int, exchange: Array
+) -> Resampler:
+    """Resample within islands, or with ``global_resampler`` when ``exchange`` is True.
 
-    Within an island the decision is that island's ESS / (N/I) < ``ess_threshold``; the global
-    exchange resamples every particle when the global ESS/N is below it (>= 1: always).
+    Within an island the decision is that island's ESS / (N/I) < ``ess_threshold`` (>= 1:
+    always, <= 0: never); each resampled island keeps its total weight.
     """
 
     def local(key: Array, log_weights: Array) -> tuple[Array, Array, Array]:
@@ -79,25 +83,14 @@ def island_resampler(scheme: Scheme, ess_threshold: float, num_islands: int, exc
         within = grouped - mass
         drawn = jax.vmap(lambda k, w: scheme(k, w, size))(jax.random.split(key, num_islands), within)
         identity = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), drawn.shape)
-        do = jax.vmap(resampling.ess)(within) < ess_threshold * size
-        if ess_threshold >= 1:
-            do = jnp.ones_like(do)
+        do = (jax.vmap(resampling.ess)(within) < ess_threshold * size) | (ess_threshold >= 1)
         local_ancestors = jnp.where(do[:, None], drawn, identity)
         ancestors = local_ancestors + size * jnp.arange(num_islands, dtype=jnp.int32)[:, None]
         after = jnp.where(do[:, None], jnp.broadcast_to(mass - jnp.log(size), grouped.shape), grouped)
         return ancestors.reshape(n), after.reshape(n), jnp.any(do)
 
-    def global_(key: Array, log_weights: Array) -> tuple[Array, Array, Array]:
-        n = log_weights.shape[0]
-        do = (resampling.ess(log_weights) < ess_threshold * n) | (ess_threshold >= 1)
-        ancestors = jnp.where(do, scheme(key, log_weights, n), jnp.arange(n, dtype=jnp.int32))
-        return ancestors, jnp.where(do, -jnp.log(n), log_weights), do
-
     def resample(key: Array, log_weights: Array) -> tuple[Array, Array, Array]:
-        if ess_threshold <= 0:
-            n = log_weights.shape[0]
-            return jnp.arange(n, dtype=jnp.int32), log_weights, jnp.array(False)
-        return jax.lax.cond(exchange, global_, local, key, log_weights)
+        return jax.lax.cond(exchange, global_resampler, local, key, log_weights)
 
     return resample
 

@@ -24,13 +24,11 @@ from jax.scipy.special import logsumexp
 from jax.sharding import Mesh
 
 from inference import resampling
-from inference.sharding import Gather, ParticlePlacement, island_gather, island_resampler
+from inference.sharding import Gather, ParticlePlacement, Resampler, island_gather, island_resampler
 from ppl.errors import PPLError
 from ppl.program import StateSpaceProgram
 
 Array = jax.Array
-# (key, normalised log_weights[N]) -> (ancestors[N], log_weights after resampling, resampled?)
-Resampler = Callable[[Array, Array], tuple[Array, Array, Array]]
 # (keys[N], particles, t) -> (particles, log_weight_increments[N], per-step record pytree)
 Propagate = Callable[[Array, Any, Array], tuple[Any, Array, Any]]
 
@@ -244,7 +242,7 @@ class SMC:
 
         def body(carry: SMCCarry, xs: tuple[Array, Array]) -> tuple[SMCCarry, SMCStepInfo]:
             exchange = xs[0] % self.exchange_every == self.exchange_every - 1
-            resampler = island_resampler(self.scheme, self.ess_threshold, self.islands, exchange)
+            resampler = island_resampler(self.resampler, self.scheme, self.ess_threshold, self.islands, exchange)
             gather = island_gather(self.islands, exchange)
             return smc_step(carry, xs, propagate=propagate, resampler=resampler, gather=gather)
 

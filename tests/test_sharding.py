@@ -108,6 +108,7 @@ def test_island_resampling_moves_no_particle_between_devices():
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
         from inference import resampling
         from inference.sharding import collective_bytes, island_gather, island_resampler
+        from inference.smc import adaptive_resampler
 
         mesh = Mesh(np.array(jax.devices()), ("particles",))
         sharded = NamedSharding(mesh, PartitionSpec("particles"))
@@ -115,7 +116,8 @@ def test_island_resampling_moves_no_particle_between_devices():
         log_weights = jax.nn.log_softmax(jnp.linspace(0.0, 3.0, 64))
 
         def step(key, particles, log_weights, exchange):
-            ancestors, _, _ = island_resampler(resampling.systematic, 1.0, 8, exchange)(key, log_weights)
+            resample = island_resampler(adaptive_resampler("systematic", 1.0), resampling.systematic, 1.0, 8, exchange)
+            ancestors, _, _ = resample(key, log_weights)
             return island_gather(8, exchange)(particles, ancestors)
 
         report = {}
