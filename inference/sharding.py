@@ -7,7 +7,11 @@ device or many, so the same key gives the same particles either way.
 
 * Global resampling (default): every particle competes with every other. Only the N log-weights
   are gathered to decide; the particles a device needs from others move in the resampling gather,
-  which XLA's SPMD partitioner lowers to collectives.
+  which XLA's SPMD partitioner lowers to an all-gather of the particle state. ``routed_gather``
+  moves instead only the distinct particles each device lacks, in one all-to-all with room for
+  ``capacity`` particles per pair of devices, and falls back to the all-gather on a step that
+  needs more (the plan is computed from the replicated ancestors, so every device agrees on it
+  without communicating). The result is the same gather either way, bit for bit.
 * Islands (Vergé et al. 2015): the N particles form ``islands`` groups of N/I. A step resamples
   within each island only (on the island's own ESS), and every particle of island j then carries
   weight Z_j / (N/I), Z_j the island's total weight, so the weighted system is unchanged in
@@ -35,7 +39,14 @@ Gather = Callable[[Any, Array], Any]
 # (key, normalised log_weights[N]) -> (ancestors[N], log_weights after resampling, resampled?)
 Resampler = Callable[[Array, Array], tuple[Array, Array, Array]]
 
-__all__ = ["ParticlePlacement", "collective_bytes", "island_gather", "island_resampler"]
+__all__ = [
+    "ParticlePlacement",
+    "collective_bytes",
+    "island_gather",
+    "island_resampler",
+    "route_plan",
+    "routed_gather",
+]
 
 
 class ParticlePlacement:
@@ -51,6 +62,7 @@ class ParticlePlacement:
                 f"num_particles={num_particles} must be a multiple of the {self.num_devices} devices "
                 f"on mesh axis {axis!r}"
             )
+        self.mesh, self.axis = mesh, axis
         self.num_particles = num_particles
         self.sharded = NamedSharding(mesh, PartitionSpec(axis))
         self.replicated = NamedSharding(mesh, PartitionSpec())
@@ -112,6 +124,62 @@ def island_gather(num_islands: int, exchange: Array) -> Gather:
 
     def gather(particles: Any, ancestors: Array) -> Any:
         return jax.lax.cond(exchange, resampling.gather, within, particles, ancestors)
+
+    return gather
+
+
+def route_plan(ancestors: Array, num_devices: int, capacity: int) -> tuple[Array, Array]:
+    """Which particles each device must receive: ``lists[r, s]`` the sorted distinct local indices
+    on device s that device r's slots descend from (padded with N/D, at most ``capacity`` kept),
+    and whether every off-device list fits in ``capacity``."""
+    size = ancestors.shape[0] // num_devices
+    source_device = (ancestors // size).reshape(num_devices, size)
+    source_index = (ancestors % size).reshape(num_devices, size)
+
+    def needed(receiver: Array, sender: Array) -> tuple[Array, Array]:
+        wanted = jnp.where(source_device[receiver] == sender, source_index[receiver], size)
+        distinct = jnp.unique(wanted, size=size + 1, fill_value=size)
+        return distinct[:capacity], jnp.sum(distinct < size)
+
+    devices = jnp.arange(num_devices)
+    lists, counts = jax.vmap(lambda r: jax.vmap(lambda s: needed(r, s))(devices))(devices)
+    off_device = ~jnp.eye(num_devices, dtype=bool)
+    return lists, jnp.all(~off_device | (counts <= capacity))
+
+
+def routed_gather(placement: ParticlePlacement, capacity: int) -> Gather:
+    """The global resampling gather, moving only the particles each device lacks (module docstring).
+
+    Under ``vmap`` the fallback's ``cond`` becomes a ``select`` and both paths run: use it where
+    the SMC run itself is not vmapped.
+    """
+    num_devices, axis = placement.num_devices, placement.axis
+    size = placement.num_particles // num_devices
+
+    def routed(particles: Any, ancestors: Array, lists: Array) -> Any:
+        def on_device(local: Any, ancestors: Array, lists: Array) -> Any:
+            me = jax.lax.axis_index(axis)
+            outgoing = jnp.clip(lists[:, me], 0, size - 1)  # [receiver, capacity] my particles they need
+            slots = jax.lax.dynamic_slice_in_dim(ancestors, me * size, size)
+            source_device, source_index = slots // size, slots % size
+            position = jax.vmap(lambda s, i: jnp.searchsorted(lists[me, s], i))(source_device, source_index)
+            position = jnp.minimum(position, capacity - 1)
+
+            def move(leaf: Array) -> Array:
+                incoming = jax.lax.all_to_all(leaf[outgoing], axis, 0, 0)  # [sender, capacity, ...]
+                here = (source_device == me).reshape(-1, *([1] * (leaf.ndim - 1)))
+                return jnp.where(here, leaf[source_index], incoming[source_device, position])
+
+            return jax.tree.map(move, local)
+
+        spec = PartitionSpec(axis)
+        return jax.shard_map(
+            on_device, mesh=placement.mesh, in_specs=(spec, PartitionSpec(), PartitionSpec()), out_specs=spec
+        )(particles, ancestors, lists)
+
+    def gather(particles: Any, ancestors: Array) -> Any:
+        lists, fits = route_plan(ancestors, num_devices, capacity)
+        return jax.lax.cond(fits, lambda p, a: routed(p, a, lists), resampling.gather, particles, ancestors)
 
     return gather
 

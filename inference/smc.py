@@ -24,7 +24,14 @@ from jax.scipy.special import logsumexp
 from jax.sharding import Mesh
 
 from inference import resampling
-from inference.sharding import Gather, ParticlePlacement, Resampler, island_gather, island_resampler
+from inference.sharding import (
+    Gather,
+    ParticlePlacement,
+    Resampler,
+    island_gather,
+    island_resampler,
+    routed_gather,
+)
 from ppl.errors import PPLError
 from ppl.program import StateSpaceProgram
 
@@ -189,7 +196,9 @@ class SMC:
 
     Scale-out: ``mesh`` shards the particles over ``mesh_axis`` (default: the mesh's first axis);
     resampling is global unless ``islands`` > 0, which resamples within that many equal groups
-    of particles and globally every ``exchange_every`` steps (see ``inference.sharding``).
+    of particles and globally every ``exchange_every`` steps. A global step moves the particle
+    state with an all-gather, or with ``route_capacity`` > 0 only the particles each device lacks,
+    up to that many per pair of devices (see ``inference.sharding``; not for a vmapped run).
     """
 
     def __init__(
@@ -204,6 +213,7 @@ class SMC:
         mesh_axis: str | None = None,
         islands: int = 0,
         exchange_every: int = 4,
+        route_capacity: int = 0,
     ):
         self.program = program
         self.num_particles = int(num_particles)
@@ -220,6 +230,9 @@ class SMC:
             raise ValueError(f"exchange_every must be >= 1, got {exchange_every}")
         self.islands = islands
         self.exchange_every = exchange_every
+        if route_capacity and (self.placement is None or islands):
+            raise ValueError("route_capacity applies to global resampling over a mesh: give mesh= and no islands")
+        self.route_capacity = route_capacity
         self._run_jit = jax.jit(self.run_unchecked)
 
     def _place(self, particles: Any) -> Any:
@@ -238,7 +251,8 @@ class SMC:
         kernels whose resampling also sees the step index or the particles)."""
         propagate = self._propagate(args)
         if not self.islands:
-            return functools.partial(smc_step, propagate=propagate, resampler=self.resampler)
+            gather = routed_gather(self.placement, self.route_capacity) if self.route_capacity else resampling.gather
+            return functools.partial(smc_step, propagate=propagate, resampler=self.resampler, gather=gather)
 
         def body(carry: SMCCarry, xs: tuple[Array, Array]) -> tuple[SMCCarry, SMCStepInfo]:
             exchange = xs[0] % self.exchange_every == self.exchange_every - 1
