@@ -7,7 +7,10 @@ step (`inference.sharding.collective_bytes`: result sizes of its collectives, so
 all-gather counts the device's own share too) on the run's own particle state (tokens, LM and
 PRM caches). Island runs use one island per device and `SMC`'s default global exchange every
 4 steps, which Countdown's 3 steps never reach; the bytes an exchange step moves are reported
-beside those of a local step.
+beside those of a local step. "routed" is global resampling with `SMC(route_capacity=C)`,
+C = particles per device // 4: the bytes of its all-to-all, and the fraction of this run's
+resampling steps (the global run's own ancestors) that fit in C, i.e. need no fallback to the
+all-gather. It is not timed: the solver vmaps over problems, where the fallback runs too.
 
 Without accelerators the devices are simulated on the CPU cores
 (`--xla_force_host_platform_device_count=8`, set here before JAX starts): the bytes are what
@@ -37,7 +40,14 @@ from report import write_json  # noqa: E402
 
 from inference import resampling  # noqa: E402
 from inference.search import SearchSpec, reasoning_program  # noqa: E402
-from inference.sharding import ParticlePlacement, collective_bytes, island_gather, island_resampler  # noqa: E402
+from inference.sharding import (  # noqa: E402
+    ParticlePlacement,
+    collective_bytes,
+    island_gather,
+    island_resampler,
+    route_plan,
+    routed_gather,
+)
 from inference.smc import adaptive_resampler  # noqa: E402
 from ppl.commands.demo import EVAL_SEED  # noqa: E402
 from ppl.commands.shipped import load_models  # noqa: E402
@@ -59,8 +69,9 @@ def particle_state(solver: Solver, num_particles: int):
     return particles
 
 
-def resampling_bytes(particles, mesh: Mesh, islands: int, exchange: bool) -> int:
-    """Bytes one device receives in one resampling step (resample every step) on this mesh."""
+def resampling_bytes(particles, mesh: Mesh, islands: int, exchange: bool, route: int = 0) -> int:
+    """Bytes one device receives in one resampling step (resample every step) on this mesh; with
+    `route`, those of the routed gather's all-to-all alone (its fallback is the global gather)."""
     n = jax.tree.leaves(particles)[0].shape[0]
     placement = ParticlePlacement(mesh, n)
     state = jax.tree.map(lambda s: jax.device_put(jnp.zeros(s.shape, s.dtype), placement.sharded), particles)
@@ -75,10 +86,21 @@ def resampling_bytes(particles, mesh: Mesh, islands: int, exchange: bool) -> int
             ancestors, _, _ = resample(key, log_weights)
             return placement.constrain(island_gather(islands, flag)(state, ancestors))
         ancestors, _, _ = every_step(key, log_weights)
-        return placement.constrain(resampling.gather(state, ancestors))
+        gather = routed_gather(placement, route) if route else resampling.gather
+        return placement.constrain(gather(state, ancestors))
 
-    compiled = jax.jit(step).lower(jax.random.key(0), state, log_weights).compile()
-    return sum(collective_bytes(compiled.as_text()).values())
+    moved = collective_bytes(jax.jit(step).lower(jax.random.key(0), state, log_weights).compile().as_text())
+    return moved.get("all-to-all", 0) if route else sum(moved.values())
+
+
+def routable_fraction(solver: Solver, problems, spec: SearchSpec, devices: int, capacity: int) -> float:
+    """Fraction of the run's resampling steps whose ancestors fit the routed gather's capacity."""
+    fits = []
+    for chunk, result, _ in solver.runs(problems, spec):
+        for row in range(len(chunk)):
+            for t in np.flatnonzero(result.resampled[row]):
+                fits.append(bool(route_plan(jnp.asarray(result.ancestors[row, t]), devices, capacity)[1]))
+    return float(np.mean(fits))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,6 +132,13 @@ def main(argv: list[str] | None = None) -> dict:
                 "bytes_per_exchange": resampling_bytes(state, mesh, islands, exchange=True) if islands else None,
                 "particle_state_bytes": sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(state)) // n,
             })
+        capacity = max(1, args.per_device // 4)
+        rows.append({
+            "mode": "routed", "devices": d, "particles": n, "capacity": capacity,
+            "bytes_per_resampling": resampling_bytes(state, mesh, 0, exchange=False, route=capacity),
+            "fits_fraction": routable_fraction(solver, problems, SearchSpec("pf", n, ess_threshold=1.0, mesh=mesh),
+                                               d, capacity),
+        })
     result = {
         "benchmark": "scaling", "per_device": args.per_device, "problems": args.problems,
         "simulated_devices": "xla_force_host_platform_device_count" in
@@ -118,11 +147,16 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"\nCountdown pf, {args.per_device} particles per device, resampling every step "
           f"(one particle's state: {rows[0]['particle_state_bytes']} bytes)")
-    print(f"{'mode':<8}{'devices':>8}{'N':>5}{'s/problem':>11}{'KiB/resample':>14}{'KiB/exchange':>14}")
+    print(f"{'mode':<8}{'devices':>8}{'N':>5}{'s/problem':>11}{'KiB/resample':>14}{'KiB/exchange':>14}"
+          f"{'fits':>7}")
     for r in rows:
-        exchange = f"{r['bytes_per_exchange'] / 1024:>14.1f}" if r["bytes_per_exchange"] is not None else f"{'-':>14}"
-        print(f"{r['mode']:<8}{r['devices']:>8}{r['particles']:>5}{r['seconds_per_problem']:>11.3f}"
-              f"{r['bytes_per_resampling'] / 1024:>14.1f}{exchange}")
+        exchange = r.get("bytes_per_exchange")
+        seconds = r.get("seconds_per_problem")
+        print(f"{r['mode']:<8}{r['devices']:>8}{r['particles']:>5}"
+              + (f"{seconds:>11.3f}" if seconds is not None else f"{'-':>11}")
+              + f"{r['bytes_per_resampling'] / 1024:>14.1f}"
+              + (f"{exchange / 1024:>14.1f}" if exchange is not None else f"{'-':>14}")
+              + (f"{r['fits_fraction']:>7.2f}" if "fits_fraction" in r else f"{'-':>7}"))
     print(f"wrote {write_json(args.out, result)} ({result['total_s']:.0f}s)")
     return result
 
