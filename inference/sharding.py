@@ -65,7 +65,6 @@ class ParticlePlacement:
         self.mesh, self.axis = mesh, axis
         self.num_particles = num_particles
         self.sharded = NamedSharding(mesh, PartitionSpec(axis))
-        self.replicated = NamedSharding(mesh, PartitionSpec())
 
     def constrain(self, particles: Any) -> Any:
         """Pin every leaf with a leading particle axis to the sharded layout (inside jit)."""
