@@ -21,7 +21,6 @@ import numpy as np
 from report import write_json
 
 from inference.search import SearchSpec
-from models.prm import aggregate
 from ppl.commands.shipped import load_models
 from ppl.solver import Solver
 from ppl.tasks import arithmetic, countdown
@@ -53,10 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
         for row, index in enumerate(chunk):
             texts = solver.particle_texts(result, row)
             correct.append(np.array([solver.task.correct(problems[index], t) for t in texts]))
-            counts = result.particles.num_steps[row, :, 0]
-            valid = np.arange(result.particles.steps.shape[3])[None, :] < counts[:, None]
             for how in AGGREGATIONS:
-                scores[how].append(np.asarray(aggregate(result.particles.rewards[row, :, 0], valid, how)))
+                scores[how].append(solver.trace_scores(result, row, how))
     ok = np.concatenate(correct)
     mixed = [i for i, c in enumerate(correct) if c.any() and not c.all()]
     rows = []

@@ -70,11 +70,21 @@ class KVCache(NamedTuple):
         """RoPE position the next token of each row will take."""
         return jnp.max(self.positions, axis=1) + 1
 
+    @staticmethod
+    def zeros(layers: int, batch: int, capacity: int, kv_heads: int, head_dim: int, dtype: Any) -> KVCache:
+        """An empty cache: every slot unfilled (position -1), every row at length 0."""
+        shape = (layers, batch, capacity, kv_heads, head_dim)
+        return KVCache(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            positions=jnp.full((batch, capacity), -1, jnp.int32),
+            length=jnp.zeros((batch,), jnp.int32),
+        )
+
     def empty(self, capacity: int) -> KVCache:
-        """A fresh cache of `capacity` slots with this one's layers, rows, heads and dtype."""
+        """An empty cache of `capacity` slots with this one's layers, rows, heads and dtype."""
         layers, batch, _, heads, dim = self.k.shape
-        zeros = jnp.zeros((layers, batch, capacity, heads, dim), self.k.dtype)
-        return KVCache(zeros, zeros, jnp.full((batch, capacity), -1, jnp.int32), jnp.zeros((batch,), jnp.int32))
+        return KVCache.zeros(layers, batch, capacity, heads, dim, self.k.dtype)
 
 
 def rope_inverse_frequencies(config: Config) -> jax.Array:
@@ -229,13 +239,7 @@ class Llama(nnx.Module):
 
     def init_cache(self, batch_size: int, capacity: int) -> KVCache:
         c = self.config
-        shape = (c.num_layers, batch_size, capacity, c.num_kv_heads, c.head_dim)
-        return KVCache(
-            k=jnp.zeros(shape, self.dtype),
-            v=jnp.zeros(shape, self.dtype),
-            positions=jnp.full((batch_size, capacity), -1, jnp.int32),
-            length=jnp.zeros((batch_size,), jnp.int32),
-        )
+        return KVCache.zeros(c.num_layers, batch_size, capacity, c.num_kv_heads, c.head_dim, self.dtype)
 
     def hidden_states(
         self, tokens: jax.Array, cache: KVCache, mask: jax.Array | None = None, prefix: KVCache | None = None

@@ -167,8 +167,7 @@ def observe_prm(
     tokens, mask = trace.last_step
     if isinstance(trace.judge, KVCache):  # a model PRM: its cache follows the trace's prompt sharing
         _check_prompt(trace, prompt, f"observe_prm({name!r})")
-        shared = {} if prompt is None else {"prefix": prompt}
-        reward, judge = prm.score_step(trace.judge, tokens, mask, **shared)
+        reward, judge = prm.score_step(trace.judge, tokens, mask, prefix=prompt)
     else:  # a verifier (or any PRM whose state is not a cache): nothing to share
         reward, judge = prm.score_step(trace.judge, tokens, mask)
     log_r = jnp.log(reward)

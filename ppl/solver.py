@@ -166,6 +166,13 @@ class Solver:
         steps, lengths, counts = trace.steps[row, :, 0], trace.step_lengths[row, :, 0], trace.num_steps[row, :, 0]
         return [self.decode_steps(steps[i], lengths[i], int(counts[i])) for i in range(steps.shape[0])]
 
+    @staticmethod
+    def trace_scores(result: Any, row: int, how: str) -> np.ndarray:
+        """Every particle's PRM step rewards for row `row` of a result, aggregated by `how`."""
+        trace = result.particles
+        valid = np.arange(trace.steps.shape[3])[None, :] < trace.num_steps[row, :, 0][:, None]  # [N, max_steps]
+        return np.asarray(aggregate(trace.rewards[row, :, 0], valid, how))
+
     def _judges(self, problems: list[Any]) -> Any:
         if not self.oracle:
             return None
@@ -183,12 +190,9 @@ class Solver:
 
     def _record(self, problem, result, row, method, spec) -> dict:
         rule, how = SELECTION[method]
-        trace = result.particles
         texts = self.particle_texts(result, row)
-        counts = trace.num_steps[row, :, 0]
         answers = [self.task.answer(problem, t) for t in texts]
-        valid = np.arange(trace.steps.shape[3])[None, :] < counts[:, None]  # [N, max_steps]
-        scores = np.asarray(aggregate(trace.rewards[row, :, 0], valid, how))
+        scores = self.trace_scores(result, row, how)
         posterior = answer_posterior(answers, votes(rule, scores, result.log_weights[row], len(texts)))
         chosen = posterior.chosen_trace if posterior.chosen_trace is not None else int(np.argmax(scores))
         record = self.task.record(problem)
