@@ -172,8 +172,9 @@ def observe_prm(
         reward, judge = prm.score_step(trace.judge, tokens, mask)
     log_r = jnp.log(reward)
     if form == "bernoulli":
-        with numpyro.handlers.scale(scale=beta):
-            numpyro.sample(name, dist.Bernoulli(probs=reward), obs=jnp.ones_like(reward))
+        # log P(o_t = 1) = log r_t, exactly: NumPyro's Bernoulli clamps r to float eps, which
+        # would turn a verifier's "impossible" (r = 0) into "one in eight million".
+        numpyro.factor(name, beta * log_r)
     elif form == "twist":
         numpyro.factor(name, beta * (log_r - trace.log_reward))
     else:
