@@ -55,10 +55,14 @@ class Config:
 
 
 class KVCache(NamedTuple):
-    """Static-size cache. `positions[b, s]` is the RoPE position held by slot s (-1: empty)."""
+    """Static-size cache. `positions[b, s]` is the RoPE position held by slot s (-1: empty).
 
-    k: jax.Array  # [layers, batch, capacity, kv_heads, head_dim]
-    v: jax.Array
+    Keys are stored [.., slot, dim] and values [.., dim, slot] per head: the layouts
+    the two attention products read as they are, so decoding copies no cache.
+    """
+
+    k: jax.Array  # [layers, batch, kv_heads, capacity, head_dim]
+    v: jax.Array  # [layers, batch, kv_heads, head_dim, capacity]
     positions: jax.Array  # [batch, capacity] int32
     length: jax.Array  # [batch] int32: slots used, where the next token goes
 
@@ -73,17 +77,16 @@ class KVCache(NamedTuple):
     @staticmethod
     def zeros(layers: int, batch: int, capacity: int, kv_heads: int, head_dim: int, dtype: Any) -> KVCache:
         """An empty cache: every slot unfilled (position -1), every row at length 0."""
-        shape = (layers, batch, capacity, kv_heads, head_dim)
         return KVCache(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
+            k=jnp.zeros((layers, batch, kv_heads, capacity, head_dim), dtype),
+            v=jnp.zeros((layers, batch, kv_heads, head_dim, capacity), dtype),
             positions=jnp.full((batch, capacity), -1, jnp.int32),
             length=jnp.zeros((batch,), jnp.int32),
         )
 
     def empty(self, capacity: int) -> KVCache:
         """An empty cache of `capacity` slots with this one's layers, rows, heads and dtype."""
-        layers, batch, _, heads, dim = self.k.shape
+        layers, batch, heads, _, dim = self.k.shape
         return KVCache.zeros(layers, batch, capacity, heads, dim, self.k.dtype)
 
 
@@ -141,7 +144,7 @@ class Attention(nnx.Module):
     def __call__(self, x, positions, k_cache, v_cache, layer, dest, key_positions, inv_freq, prefix=None):
         """Attend from the chunk `x` [B, T, C] to the cache after writing the chunk into it.
 
-        `k_cache`/`v_cache` are every layer's caches [L, B, S, K, D]; this layer's is
+        `k_cache`/`v_cache` are every layer's caches (`KVCache`'s layouts); this layer's is
         `layer`, updated in place (no per-layer slice and re-stack of the whole cache).
         `dest` [B, T] is each token's cache slot (out of range for padding: dropped);
         `key_positions` [B, S] the slots' positions after the write; `prefix` a shared
@@ -157,33 +160,33 @@ class Attention(nnx.Module):
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
         rows = jnp.arange(batch)[:, None]
-        k_cache = k_cache.at[layer, rows, dest].set(k.astype(k_cache.dtype), mode="drop")
-        v_cache = v_cache.at[layer, rows, dest].set(v.astype(v_cache.dtype), mode="drop")
-        keys, values = k_cache[layer], v_cache[layer]
+        k_cache = k_cache.at[layer, rows, :, dest].set(k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[layer, rows, :, :, dest].set(v.astype(v_cache.dtype), mode="drop")
+        keys, values = k_cache[layer], v_cache[layer]  # [B, K, S, D], [B, K, D, S]
 
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(batch, length, c.num_kv_heads, groups, c.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, keys, preferred_element_type=jnp.float32)
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32)
         scores = jnp.where(self._visible(key_positions, positions)[:, None, None], scores, MASK_VALUE)
         if prefix is None:
             probs = jax.nn.softmax(scores / math.sqrt(c.head_dim), axis=-1).astype(values.dtype)
-            out = jnp.einsum("bkgts,bskd->btkgd", probs, values)
+            out = jnp.einsum("bkgts,bkds->btkgd", probs, values)
             return self.o_proj(out.reshape(batch, length, -1)), k_cache, v_cache
 
         shared = prefix.positions.shape[0]  # prefix rows; row b reads prefix row b // (batch / shared)
         by_prefix = lambda a: a.reshape(shared, batch // shared, *a.shape[1:])
-        prefix_keys, prefix_values = prefix.k[layer], prefix.v[layer]  # [P, Sp, K, D]
+        prefix_keys, prefix_values = prefix.k[layer], prefix.v[layer]  # [P, K, Sp, D], [P, K, D, Sp]
         prefix_scores = jnp.einsum(
-            "prtkgd,pskd->prkgts", by_prefix(q), prefix_keys, preferred_element_type=jnp.float32
+            "prtkgd,pksd->prkgts", by_prefix(q), prefix_keys, preferred_element_type=jnp.float32
         ).reshape(batch, *scores.shape[1:-1], -1)
         row_positions = jnp.repeat(prefix.positions, batch // shared, axis=0)
         visible = self._visible(row_positions, positions)
         prefix_scores = jnp.where(visible[:, None, None], prefix_scores, MASK_VALUE)
         both = jnp.concatenate([prefix_scores, scores], axis=-1) / math.sqrt(c.head_dim)
         probs = jax.nn.softmax(both, axis=-1).astype(values.dtype)
-        from_prefix = probs[..., : prefix_keys.shape[1]]
-        out = jnp.einsum("bkgts,bskd->btkgd", probs[..., prefix_keys.shape[1] :], values)
-        out += jnp.einsum("prkgts,pskd->prtkgd", by_prefix(from_prefix), prefix_values).reshape(out.shape)
+        from_prefix = probs[..., : prefix.capacity]
+        out = jnp.einsum("bkgts,bkds->btkgd", probs[..., prefix.capacity :], values)
+        out += jnp.einsum("prkgts,pkds->prtkgd", by_prefix(from_prefix), prefix_values).reshape(out.shape)
         return self.o_proj(out.reshape(batch, length, -1)), k_cache, v_cache
 
     def _visible(self, key_positions: jax.Array, positions: jax.Array) -> jax.Array:

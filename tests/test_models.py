@@ -148,6 +148,6 @@ def test_shared_prefix_equals_a_copied_prompt(window, prompt_rows):
     np.testing.assert_allclose(shared, copied[:, 5:], atol=1e-5)
     prompt_lengths = np.repeat(np.asarray(prompt_mask).sum(1), copies)
     np.testing.assert_array_equal(own.positions, prompt_lengths[:, None] + np.arange(3))  # positions continue
-    assert own.k.shape[2] == 3  # the rows' caches hold their own tokens only
+    assert own.capacity == 3  # the rows' caches hold their own tokens only
     with pytest.raises(ValueError, match="cannot be shared"):
         lm.extend(steps[:3], lm.init_cache(3, 3), None, lm.init_cache(2, 5))

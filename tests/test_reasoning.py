@@ -117,8 +117,8 @@ def test_shared_prompt_gives_the_same_particles_with_smaller_state():
     np.testing.assert_array_equal(copied.ancestors, shared.ancestors)
     np.testing.assert_allclose(copied.log_weights, shared.log_weights, atol=1e-5)
     np.testing.assert_allclose(copied.log_evidence, shared.log_evidence, rtol=1e-5)
-    assert shared.particles.lm.cache.k.shape[3] == STEPS * (PARAMS.max_tokens + 1)
-    assert copied.particles.lm.cache.k.shape[3] == prompt.shape[1] + STEPS * 2
+    assert shared.particles.lm.cache.positions.shape[-1] == STEPS * (PARAMS.max_tokens + 1)
+    assert copied.particles.lm.cache.positions.shape[-1] == prompt.shape[1] + STEPS * 2
 
 
 def test_shared_prompt_and_prompt_argument_must_pair():

@@ -171,7 +171,7 @@ def test_vmapped_step_runs_all_particles_as_one_batch_and_equals_each_alone():
         np.testing.assert_allclose(alone.state.cache.k, swarm.state.cache.k[p], atol=1e-5)
     np.testing.assert_array_equal(swarm.state.cache.k[1], state.cache.k)  # the inactive particle is frozen
     loops = [e for e in equations(jax.make_jaxpr(jax.vmap(one))(keys, active).jaxpr) if e.primitive.name == "while"]
-    cache_shape = (2, 5, 9, 2, 8)  # [layers, particles * rows, capacity, kv heads, head dim]
+    cache_shape = (2, 5, 2, 9, 8)  # [layers, particles * rows, kv heads, capacity, head dim]
     assert len(loops) == 1 and cache_shape in [v.aval.shape for v in loops[0].invars]
 
 
