@@ -36,6 +36,7 @@ import optax
 from flax import nnx
 
 from models.llama import Config, Llama, num_parameters, random_init
+from models.loading import load
 from models.sampling import (
     NO_TOKEN,
     STOP_EOS,
@@ -368,11 +369,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prm-other", type=int, default=1000, help="corrupted traces, and as many correct ones")
     parser.add_argument("--eval-problems", type=int, default=200, help="held-out problems per task")
     parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--lm", default=None, help="a directory holding the LM these --lm-* flags trained: "
+                        "reuse it and train the PRM only (OUT/lm is left as it is)")
     args = parser.parse_args(argv)
     if args.seed == EVAL_SEED:
         parser.error(f"seed {EVAL_SEED} is reserved for evaluation")
     command = "python -m models.train " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "log_every"
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("log_every", "lm")
     )
     out = Path(args.out)
     total_start = time.time()
@@ -382,12 +385,16 @@ def main(argv: list[str] | None = None) -> None:
     good, bad = tok.convert_tokens_to_ids(["+", "-"])
 
     # LM
-    lm = random_init(lm_config(len(tok)), seed=args.seed)
-    print(f"LM: {num_parameters(lm):,} parameters", flush=True)
     start = time.time()
-    lm, lm_final = train(
-        lm, lm_loss, lm_batches(tok, lm_rng, args.lm_batch), args.lm_steps, args.lm_lr, args.log_every, "lm"
-    )
+    if args.lm:
+        lm, _ = load(args.lm)
+        print(f"LM: reusing {args.lm}", flush=True)
+    else:
+        lm = random_init(lm_config(len(tok)), seed=args.seed)
+        print(f"LM: {num_parameters(lm):,} parameters", flush=True)
+        lm, lm_final = train(
+            lm, lm_loss, lm_batches(tok, lm_rng, args.lm_batch), args.lm_steps, args.lm_lr, args.log_every, "lm"
+        )
     lm_time = time.time() - start
     graphdef, lm_params = nnx.split(lm)
     greedy = make_sampler(graphdef, tok, 0.0)
@@ -395,7 +402,8 @@ def main(argv: list[str] | None = None) -> None:
     held_out = {task: problems(task, EVAL_SEED, args.eval_problems) for task in TASKS}
     accuracy = {task: greedy_accuracy(greedy, lm_params, tok, ps) for task, ps in held_out.items()}
     print(f"LM greedy accuracy on held-out problems: {accuracy}", flush=True)
-    save_pretrained(lm, out / "lm", tok)
+    if not args.lm:
+        save_pretrained(lm, out / "lm", tok)
 
     # PRM
     start = time.time()
@@ -434,20 +442,6 @@ def main(argv: list[str] | None = None) -> None:
         "total wall time of the run": f"{total / 60:.1f} min on CPU (LM, PRM data, PRM, evaluation)",
     }
     arch = "Llama, hidden 128, 4 layers, 4 heads (2 KV heads, head dim 32), MLP 384, untied embeddings"
-    lm_card = {
-        "architecture": f"{arch}; {num_parameters(lm):,} parameters",
-        "data": f"{args.lm_steps * args.lm_batch:,} sequences `[<bos>] prompt trace [<eos>]` of fresh problems, "
-        "each task with probability 1/2 (Countdown: a random one of all solutions); loss on trace and `<eos>` only",
-        "steps / batch / peak lr": f"{args.lm_steps} / {args.lm_batch} / {args.lm_lr}",
-        "final loss (mean of last log window)": f"{lm_final:.4f}",
-        "training wall time": f"{lm_time / 60:.1f} min",
-        "greedy accuracy, held-out": ", ".join(
-            f"{task} {accuracy[task]:.1%} ({args.eval_problems} problems, `{task}.generate({EVAL_SEED}, "
-            f"{args.eval_problems})`)"
-            for task in TASKS
-        ),
-        **common,
-    }
     prm_card = {
         "architecture": f"{arch}; {num_parameters(prm):,} parameters; initialised from the shipped LM",
         "convention": "Math-Shepherd token PRM: at each step's final token (\"\\n\") P(good) = softmax over the "
@@ -465,7 +459,22 @@ def main(argv: list[str] | None = None) -> None:
         **common,
     }
     save_pretrained(prm, out / "prm", tok, PRM_TAGS)
-    (out / "lm" / "README.md").write_text(model_card("Shipped tiny LM (Countdown + arithmetic)", lm_card, command))
+    if not args.lm:
+        lm_card = {
+            "architecture": f"{arch}; {num_parameters(lm):,} parameters",
+            "data": f"{args.lm_steps * args.lm_batch:,} sequences `[<bos>] prompt trace [<eos>]` of fresh problems, "
+            "each task with probability 1/2 (Countdown: a random one of all solutions); loss on trace and `<eos>` only",
+            "steps / batch / peak lr": f"{args.lm_steps} / {args.lm_batch} / {args.lm_lr}",
+            "final loss (mean of last log window)": f"{lm_final:.4f}",
+            "training wall time": f"{lm_time / 60:.1f} min",
+            "greedy accuracy, held-out": ", ".join(
+                f"{task} {accuracy[task]:.1%} ({args.eval_problems} problems, `{task}.generate({EVAL_SEED}, "
+                f"{args.eval_problems})`)"
+                for task in TASKS
+            ),
+            **common,
+        }
+        (out / "lm" / "README.md").write_text(model_card("Shipped tiny LM (Countdown + arithmetic)", lm_card, command))
     (out / "prm" / "README.md").write_text(model_card("Shipped tiny PRM (Countdown + arithmetic)", prm_card, command))
     summary = {"lm_accuracy": accuracy, "prm_auc": {t: a[0] for t, a in auc.items()}, "minutes": total / 60}
     print(json.dumps(summary), flush=True)
