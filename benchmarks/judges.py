@@ -4,7 +4,8 @@
    Bayesian Dawid-Skene (NUTS; the default hierarchical prior and the flat
    Dirichlet prior), one-coin and majority vote against crowd-kit's
    DawidSkene and MajorityVote (optional `bench` extra): accuracy of the
-   posterior-mode label, expected calibration error of its confidence, wall time.
+   posterior-mode label, expected calibration error of its confidence, wall time,
+   and an exact McNemar test of ours against crowd-kit's DawidSkene on the same tasks.
 2. Simulation-based calibration: judge scores drawn from the simplex model's
    prior (weak judges, one self-preferring judge, 3-5 score levels); coverage
    of 90% intervals and Spearman correlation with the truth for the simplex
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
+from scipy.stats import binomtest, spearmanr
 
 from ppl.judges import aggregate, rank
 from ppl.judges.bradley_terry import plain_bradley_terry
@@ -45,11 +46,19 @@ def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
 
 
 def score_probs(probs: pd.DataFrame, truth: pd.Series) -> dict:
-    """Accuracy and ECE of a task x label probability table against the truth."""
+    """Accuracy and ECE of a task x label probability table against the truth (`_correct`: per task)."""
     p = probs.reindex(truth.index)
     label = p.idxmax(axis=1)
     correct = (label.to_numpy() == truth.to_numpy()).astype(float)
-    return {"accuracy": float(correct.mean()), "ece": ece(p.max(axis=1).to_numpy(), correct)}
+    return {"accuracy": float(correct.mean()), "ece": ece(p.max(axis=1).to_numpy(), correct), "_correct": correct}
+
+
+def paired(ours_correct: np.ndarray, theirs_correct: np.ndarray) -> dict:
+    """Exact McNemar test on the same tasks: is either aggregator right more often where they differ?"""
+    only_ours = int(np.sum((ours_correct == 1) & (theirs_correct == 0)))
+    only_theirs = int(np.sum((ours_correct == 0) & (theirs_correct == 1)))
+    p = binomtest(only_ours, only_ours + only_theirs, 0.5).pvalue if only_ours + only_theirs else 1.0
+    return {"right_only_ours": only_ours, "right_only_theirs": only_theirs, "mcnemar_p": float(p)}
 
 
 def ours(df: pd.DataFrame, truth: pd.Series, model: str, **kw) -> dict:
@@ -89,7 +98,11 @@ def crowd_benchmark(names: list[str], num_samples: int, num_warmup: int) -> dict
             "crowd-kit DawidSkene": crowdkit(df, truth, "DawidSkene"),
             "crowd-kit MajorityVote": crowdkit(df, truth, "MajorityVote"),
         }
-        results[name] = {k: v for k, v in row.items() if v is not None}
+        row = {k: v for k, v in row.items() if v is not None}
+        correct = {k: v.pop("_correct") for k, v in row.items()}
+        if "crowd-kit DawidSkene" in correct:
+            row["_vs_crowdkit"] = paired(correct["ours dawid-skene (NUTS)"], correct["crowd-kit DawidSkene"])
+        results[name] = row
         results[name]["_size"] = {"tasks": int(df.task.nunique()), "workers": int(df.worker.nunique()),
                                   "labels": len(df), "classes": int(df.label.nunique())}
         print(f"  {name}: done", flush=True)
@@ -172,6 +185,11 @@ def table(results: dict) -> str:
                 if method.startswith("_"):
                     continue
                 lines.append(f"{name:6} {method:36} {m['accuracy']:9.4f} {m['ece']:7.4f} {m['seconds']:8.1f}")
+            if "_vs_crowdkit" in rows:
+                v = rows["_vs_crowdkit"]
+                lines.append(f"{name:6} ours vs crowd-kit Dawid-Skene on the same tasks: right only ours "
+                             f"{v['right_only_ours']}, only theirs {v['right_only_theirs']}, exact McNemar p "
+                             f"{v['mcnemar_p']:.3f}")
     s = results.get("sbc")
     if s:
         lines.append(f"\nSBC: {s['reps']} replications, {s['n_candidates']} candidates, {s['n_judges']} judges, "
