@@ -176,7 +176,10 @@ def observe_prm(
         # would turn a verifier's "impossible" (r = 0) into "one in eight million".
         numpyro.factor(name, beta * log_r)
     elif form == "twist":
-        numpyro.factor(name, beta * (log_r - trace.log_reward))
+        # r_{t-1} = 0 only on a particle already at weight 0 (or revived when every particle was):
+        # count it as 1, so that log 0 - log 0 gives no NaN.
+        previous = jnp.where(jnp.isneginf(trace.log_reward), 0.0, trace.log_reward)
+        numpyro.factor(name, beta * (log_r - previous))
     else:
         numpyro.factor(name, beta * (log_r - jnp.log1p(-reward)))
     slot = jnp.maximum(trace.num_steps - 1, 0)

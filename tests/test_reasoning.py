@@ -137,8 +137,9 @@ def test_shared_prompt_and_prompt_argument_must_pair():
     assert int(written.num_steps[0]) == 1 and written.shared_prompt == ()
 
 
-def test_a_zero_reward_makes_a_trace_impossible():
-    """A verifier's 0 is a hard zero of the likelihood: weight -inf, not a clamped float eps."""
+@pytest.mark.parametrize("form", ["bernoulli", "twist"])
+def test_a_zero_reward_makes_a_trace_impossible(form):
+    """A verifier's 0 is a hard zero of the likelihood: weight -inf (not a clamped float eps, not NaN)."""
     config = Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_layers=1,
                     num_heads=2, num_kv_heads=1, head_dim=8)
     lm = random_init(config, seed=1, scale=0.6)
@@ -147,7 +148,7 @@ def test_a_zero_reward_makes_a_trace_impossible():
     prm = TablePRM(jnp.asarray(table, jnp.float32))
     lm_state, _ = reasoning.prefill_prompt(lm, prm, PROMPT, PROMPT.shape[1] + STEPS + 1)
     init, make_step = make_program()
-    program = ppl.StateSpaceProgram(init, make_step("bernoulli"), num_steps=STEPS)
+    program = ppl.StateSpaceProgram(init, make_step(form), num_steps=STEPS)
     result = SMC(program, 64, ess_threshold=0.0).run(jax.random.key(0), lm_state, prm, lm)
     wrote_3 = np.any(np.asarray(result.particles.steps[:, 0, :, 0]) == 3, axis=1)
     assert 0 < wrote_3.sum() < 64
