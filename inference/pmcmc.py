@@ -109,8 +109,10 @@ class Reference(NamedTuple):
         log-weight moves by (ratio - 1) * log-likelihood (the likelihood is linear in beta)."""
 
         def scale(slot: Slot) -> Slot:
+            impossible = jnp.isneginf(slot.log_likelihood)  # stays impossible at every beta > 0 (not NaN)
+            shift = jnp.where(impossible, 0.0, (ratio - 1) * slot.log_likelihood)
             return slot._replace(
-                log_weight=slot.log_weight + (ratio - 1) * slot.log_likelihood,
+                log_weight=jnp.where(impossible, -jnp.inf, slot.log_weight + shift),
                 log_likelihood=ratio * slot.log_likelihood,
             )
 

@@ -9,7 +9,7 @@ import numpyro.distributions as dist
 import pytest
 from numpyro.infer import MCMC
 
-from inference.pmcmc import PIMH, InteractingParticleGibbs, ParallelTemperingPG, ParticleGibbs
+from inference.pmcmc import PIMH, InteractingParticleGibbs, ParallelTemperingPG, ParticleGibbs, Reference, Slot
 from ppl import StateSpaceProgram
 from tests.models_for_tests import (
     LENGTH,
@@ -102,3 +102,15 @@ def test_ancestor_sampling_refuses_programs_replay_cannot_rebuild():
     kernel = ParticleGibbs(StateSpaceProgram(token_init, sampler_step, LENGTH), 4, ancestor_sampling=True)
     with pytest.raises(ValueError, match="teacher forcing"):
         MCMC(kernel, num_warmup=1, num_samples=1, progress_bar=False).run(jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("ratio", [0.5, 2.0])
+def test_retempering_keeps_an_impossible_step_impossible(ratio):
+    """A zero-likelihood step (a verifier's 0) stays at weight -inf when a swap retempers it, not NaN."""
+    inf = np.inf
+    steps = Slot(state=np.zeros(3), log_weight=np.array([-0.5, -inf, -0.2]),
+                 log_likelihood=np.array([-1.0, -inf, -0.3]), sites={})
+    init = Slot(state=np.zeros(()), log_weight=np.zeros(()), log_likelihood=np.zeros(()), sites={})
+    moved = jax.tree.map(np.asarray, Reference(init, steps).retemper(ratio).steps)
+    np.testing.assert_allclose(moved.log_weight[[0, 2]], [-0.5 + (ratio - 1) * -1.0, -0.2 + (ratio - 1) * -0.3])
+    assert moved.log_weight[1] == -inf and moved.log_likelihood[1] == -inf
