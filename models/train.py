@@ -439,7 +439,8 @@ def main(argv: list[str] | None = None) -> None:
         "seed": f"{args.seed} (NumPy `SeedSequence({args.seed}).spawn(2)` streams for data, "
         f"`jax.random.key({args.seed})` for sampling); held-out problems use `EVAL_SEED = {EVAL_SEED}`",
         "optimizer": "AdamW (weight decay 0.01), linear warmup then cosine decay to 10%, global-norm clip 1.0",
-        "total wall time of the run": f"{total / 60:.1f} min on CPU (LM, PRM data, PRM, evaluation)",
+        "total wall time of the run": f"{total / 60:.1f} min on CPU ("
+        + (f"LM reused from {args.lm}, " if args.lm else "LM, ") + "PRM data, PRM, evaluation)",
     }
     arch = "Llama, hidden 128, 4 layers, 4 heads (2 KV heads, head dim 32), MLP 384, untied embeddings"
     prm_card = {
