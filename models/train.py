@@ -3,7 +3,7 @@
     python -m models.train --out models/shipped --seed 0
 
 LM: a ~0.9M-parameter Llama trained on `[<bos>] prompt trace [<eos>]` of freshly
-drawn problems of both tasks (50/50), loss on the trace and `<eos>` only; a
+drawn problems of both tasks (50/50 unless `--countdown-share`), loss on the trace and `<eos>` only; a
 Countdown problem with several solutions contributes a random one each time it
 is drawn, so the LM learns to propose several plausible steps.
 
@@ -109,19 +109,21 @@ def problems(task: str, rng: np.random.Generator | int, n: int) -> list[Problem]
     ]
 
 
-def mixed(rng: np.random.Generator, n: int) -> list[Problem]:
-    """`n` fresh problems, each task with probability 1/2."""
-    k = int(rng.binomial(n, 0.5))
+def mixed(rng: np.random.Generator, n: int, countdown_share: float = 0.5) -> list[Problem]:
+    """`n` fresh problems, each a Countdown one with probability `countdown_share`, else arithmetic."""
+    k = int(rng.binomial(n, countdown_share))
     out = problems("countdown", rng, k) + problems("arithmetic", rng, n - k)
     return [out[i] for i in rng.permutation(n)]
 
 
-def lm_batches(tok: Any, rng: np.random.Generator, batch: int) -> Iterator[tuple[np.ndarray, ...]]:
+def lm_batches(
+    tok: Any, rng: np.random.Generator, batch: int, countdown_share: float = 0.5
+) -> Iterator[tuple[np.ndarray, ...]]:
     """Endless (ids, attention mask, loss mask) batches of fresh problems, a random solution each."""
     while True:
         ids = np.zeros((batch, SEQ_LEN), np.int32)
         loss = np.zeros((batch, SEQ_LEN), np.float32)
-        for row, p in enumerate(mixed(rng, batch)):
+        for row, p in enumerate(mixed(rng, batch, countdown_share)):
             lines = p.solutions[int(rng.integers(len(p.solutions)))]
             prompt = [tok.bos_token_id] + tok.encode(p.prompt)
             trace = tok.encode("".join(f"{s}\n" for s in lines)) + [tok.eos_token_id]
@@ -362,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lm-steps", type=int, default=3000)
     parser.add_argument("--lm-batch", type=int, default=32)
     parser.add_argument("--lm-lr", type=float, default=3e-3)
+    parser.add_argument("--countdown-share", type=float, default=0.5,
+                        help="share of Countdown problems in the LM's data (the rest arithmetic; the PRM's stays 1/2)")
     parser.add_argument("--prm-steps", type=int, default=600)
     parser.add_argument("--prm-batch", type=int, default=16)
     parser.add_argument("--prm-lr", type=float, default=1e-3)
@@ -372,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lm", default=None, help="a directory holding the LM these --lm-* flags trained: "
                         "reuse it and train the PRM only (OUT/lm is left as it is)")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.countdown_share <= 1.0:
+        parser.error(f"--countdown-share must lie in [0, 1], got {args.countdown_share}")
     if args.seed == EVAL_SEED:
         parser.error(f"seed {EVAL_SEED} is reserved for evaluation")
     command = "python -m models.train " + " ".join(
@@ -393,7 +399,13 @@ def main(argv: list[str] | None = None) -> None:
         lm = random_init(lm_config(len(tok)), seed=args.seed)
         print(f"LM: {num_parameters(lm):,} parameters", flush=True)
         lm, lm_final = train(
-            lm, lm_loss, lm_batches(tok, lm_rng, args.lm_batch), args.lm_steps, args.lm_lr, args.log_every, "lm"
+            lm,
+            lm_loss,
+            lm_batches(tok, lm_rng, args.lm_batch, args.countdown_share),
+            args.lm_steps,
+            args.lm_lr,
+            args.log_every,
+            "lm",
         )
     lm_time = time.time() - start
     graphdef, lm_params = nnx.split(lm)
@@ -464,7 +476,8 @@ def main(argv: list[str] | None = None) -> None:
         lm_card = {
             "architecture": f"{arch}; {num_parameters(lm):,} parameters",
             "data": f"{args.lm_steps * args.lm_batch:,} sequences `[<bos>] prompt trace [<eos>]` of fresh problems, "
-            "each task with probability 1/2 (Countdown: a random one of all solutions); loss on trace and `<eos>` only",
+            f"Countdown with probability {args.countdown_share:g}, else arithmetic (Countdown: a random one of all "
+            "solutions); loss on trace and `<eos>` only",
             "steps / batch / peak lr": f"{args.lm_steps} / {args.lm_batch} / {args.lm_lr}",
             "final loss (mean of last log window)": f"{lm_final:.4f}",
             "training wall time": f"{lm_time / 60:.1f} min",
