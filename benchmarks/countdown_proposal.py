@@ -4,16 +4,16 @@ With the exact verifier as PRM, `pf` can only keep what the LM proposes: a probl
 is lost when none of the N particles' steps keeps the target reachable. This
 benchmark measures, on the held-out problems (`countdown.generate(1000, n)`):
 
-1. the shipped LM's steps (temperature 1, `--samples` traces per problem): the
+1. the LM's steps (temperature 1, `--samples` traces per problem): the
    share of each outcome (malformed, operand not in the pool, wrong arithmetic,
    legal dead end, still solvable) at each step, and the solvable share among its
    legal steps next to a uniformly random legal step's;
-2. exact-oracle `pf` with the shipped LM (the real engine) and, simulated exactly
+2. exact-oracle `pf` with the LM (the real engine) and, simulated exactly
    as the engine runs it (weights 0/1, systematic resampling when fewer than half
    survive), with idealised proposals: the LM's error rate at each step and
    otherwise, with probability q, a uniformly random solvable step, else a uniformly
-   random legal one. q = 0 reproduces the LM's figure; the table shows what q the
-   95%-at-16 target needs. Beside it, the engine with a verifier that is exact on
+   random legal one. q = 0 lands near the LM's own figure (its legal steps are nearly
+   uniform in this respect); the table shows what q the 95%-at-16 target needs. Beside it, the engine with a verifier that is exact on
    every step except the first, which it judges by legality alone: what a PRM that
    cannot judge a first step's solvability leaves of `pf`'s edge over `wbon` at 4x
    the budget;
@@ -21,8 +21,11 @@ benchmark measures, on the held-out problems (`countdown.generate(1000, n)`):
    of them), among the traces still solvable before that step: whether it tells a step
    that keeps the target reachable from a dead end.
 
-    python benchmarks/countdown_proposal.py [--problems 200] [--samples 16]
+    python benchmarks/countdown_proposal.py [--problems 200] [--samples 16] [--lm DIR]
                                             [--out benchmarks/results/countdown_proposal.json]
+
+`--lm` measures another LM checkpoint (a candidate from `python -m models.train`) in place of
+the shipped one; the PRM judged in 3. stays the shipped one.
 """
 
 from __future__ import annotations
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--samples", type=int, default=16, help="LM traces per problem")
     parser.add_argument("--particles", default="16,32", help="pf budgets")
+    parser.add_argument("--lm", default=None, help="an LM checkpoint directory (default: the shipped LM)")
     parser.add_argument("--prm-problems", type=int, default=4000, help="uniform traces the PRM judges")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/countdown_proposal.json")
@@ -171,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     began = time.perf_counter()
     budgets = [int(n) for n in args.particles.split(",")]
     problems = countdown.generate(EVAL_SEED, args.problems)
-    solver = Solver(TASKS["countdown"], *load_models(prm="oracle"))
+    models = load_models(args.lm, prm="oracle")
+    solver = Solver(TASKS["countdown"], *models)
 
     counts = lm_outcomes(solver, problems, args.samples)
     shares = [{k: c[k] / max(sum(c.values()), 1) for k in OUTCOMES} for c in counts]
@@ -182,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     def accuracy(solver: Solver, method: str, n: int) -> float:
         return float(np.mean([r["correct"] for r in solver.solve(problems, SearchSpec(method, n), seed=args.seed)]))
 
-    partial = Solver(dataclasses.replace(TASKS["countdown"], oracle=FirstStepLegalOnly), *load_models(prm="oracle"))
+    partial = Solver(dataclasses.replace(TASKS["countdown"], oracle=FirstStepLegalOnly), *models)
     runs = [*((f"pf@{n}", "pf", n) for n in budgets), ("wbon@64", "wbon", 64)]
     engine = {
         name: {"exact": accuracy(solver, m, n), "first step by legality": accuracy(partial, m, n)}
@@ -206,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "countdown_proposal",
         "problems": f"countdown.generate({EVAL_SEED}, {args.problems})",
         "samples": args.samples,
+        "lm": args.lm or "models/shipped/lm",
         "seed": args.seed,
         "lm_step_outcomes": shares,
         "lm_solvable_among_legal": legal_solvable,
@@ -217,14 +223,14 @@ def main(argv: list[str] | None = None) -> dict:
         "jax": jax.__version__,
     }
     print(
-        f"\nshipped LM, {args.problems} held-out problems x {args.samples} traces: outcome of each step "
+        f"\n{args.lm or 'shipped LM'}, {args.problems} held-out problems x {args.samples} traces: outcome of each step "
         "(counted while the trace is still solvable)"
     )
     print(f"{'step':<6}" + "".join(f"{k:>18}" for k in OUTCOMES) + f"{'solvable | legal':>18}")
     for t, s in enumerate(shares):
         print(f"{t + 1:<6}" + "".join(f"{s[k]:>18.3f}" for k in OUTCOMES) + f"{legal_solvable[t]:>18.3f}")
     print(f"a uniformly random legal first step is solvable {uniform_first:.3f} of the time")
-    print(f"\nthe engine with the shipped LM and a verifier PRM\n{'':<10}{'exact':>10}{'first step by legality':>26}")
+    print(f"\nthe engine with this LM and a verifier PRM\n{'':<10}{'exact':>10}{'first step by legality':>26}")
     for name, row in engine.items():
         print(f"{name:<10}{row['exact']:>10.3f}{row['first step by legality']:>26.3f}")
     print("simulated, idealised proposals (q: share of proposals drawn among the solvable steps)")
