@@ -13,10 +13,10 @@ benchmark measures, on the held-out problems (`countdown.generate(1000, n)`):
    survive), with idealised proposals: the LM's error rate at each step and
    otherwise, with probability q, a uniformly random solvable step, else a uniformly
    random legal one. q = 0 lands near the LM's own figure (its legal steps are nearly
-   uniform in this respect); the table shows what q the 95%-at-16 target needs. Beside it, the engine with a verifier that is exact on
-   every step except the first, which it judges by legality alone: what a PRM that
-   cannot judge a first step's solvability leaves of `pf`'s edge over `wbon` at 4x
-   the budget;
+   uniform in this respect); the table shows what q the 95%-at-16 target needs.
+   Beside it, the engine with a verifier that is exact on every step except the
+   first, which it judges by legality alone: what a PRM that cannot judge a first
+   step's solvability leaves of `pf`'s edge over `wbon` at 4x the budget;
 3. the learned PRM's AUC at each step of uniformly random legal traces (`--prm-problems`
    of them), among the traces still solvable before that step: whether it tells a step
    that keeps the target reachable from a dead end.

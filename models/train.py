@@ -217,7 +217,8 @@ def train(
     model: Llama, loss_fn: Callable, batches: Iterator, steps: int, lr: float, log_every: int, name: str
 ) -> tuple[Llama, float]:
     """AdamW with linear warmup and cosine decay; returns the model and the mean loss of the last log window."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(200, steps // 10 + 1), steps, lr * 0.1)
+    warmup = min(200, steps // 10 + 1)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 0.1)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
     graphdef, params = nnx.split(model)
     opt_state = tx.init(params)

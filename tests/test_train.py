@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from models.llama import Config, random_init
 from models.tokenizer import build_tokenizer
-from models.train import lm_batches, main, mixed
+from models.train import lm_batches, lm_loss, main, mixed, train
 from ppl.tasks import countdown
 
 
@@ -35,3 +36,13 @@ def test_a_share_outside_zero_one_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--countdown-share", "1.5"])
     assert "--countdown-share must lie in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_training_runs_any_number_of_steps(steps):
+    tok = build_tokenizer()
+    config = Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                    num_kv_heads=1, head_dim=8, max_position_embeddings=128)
+    batches = lm_batches(tok, np.random.default_rng(0), 2)
+    _, loss = train(random_init(config, seed=0), lm_loss, batches, steps, 1e-3, log_every=1, name="lm")
+    assert np.isfinite(loss)
