@@ -41,10 +41,10 @@ import numpy as np
 from report import write_json
 
 from inference.search import SearchSpec
-from models.train import EVAL_SEED, Problem, prm_arrays, prm_logits, roc_auc, scored, text_steps
+from models.train import EVAL_SEED, Problem, prm_probabilities, roc_auc, scored, text_steps
 from ppl.commands.shipped import SHIPPED, load_models
 from ppl.solver import Solver
-from ppl.tasks import countdown, jax_verifiers
+from ppl.tasks import countdown
 from ppl.tasks.oracles import CountdownOracle
 from ppl.tasks.specs import TASKS
 
@@ -59,11 +59,8 @@ def outcome(pool: countdown.Pool, text: str, target: int) -> tuple[str, countdow
     step = countdown.parse_step(text)
     if step is None:
         return "malformed", None
-    rest = list(pool)
-    for operand in (step.a, step.b):
-        if operand not in rest:
-            return "absent operand", None
-        rest.remove(operand)
+    if Counter((step.a, step.b)) - Counter(pool):
+        return "absent operand", None
     after = countdown.apply_step(pool, step)
     if after is None:
         return "wrong arithmetic", None
@@ -74,10 +71,8 @@ class FirstStepLegalOnly(CountdownOracle):
     """The exact verifier, except that a first step scores 1 when it is legal, reachable target or not."""
 
     def score_step(self, judge, tokens, mask):
-        pool, target = judge
-        check = jax.vmap(jax_verifiers.countdown_step_reward, in_axes=(0, 0, 0, None))
-        reward, after, _ = check(pool, target, tokens, self.token_bytes)
-        first = jnp.sum(pool >= 0, axis=-1) == countdown.NUM_NUMBERS
+        reward, (after, target) = super().score_step(judge, tokens, mask)
+        first = jnp.sum(judge[0] >= 0, axis=-1) == countdown.NUM_NUMBERS
         legal = jnp.any(after >= 0, axis=-1)  # a malformed or illegal step empties the pool
         return jnp.where(first, legal.astype(reward.dtype), reward), (after, target)
 
@@ -139,7 +134,6 @@ def prm_step_auc(problems: list[countdown.Problem], rng: np.random.Generator) ->
 
     tokenizer = build_tokenizer()
     prm, _ = load(SHIPPED / "prm")
-    good, bad = tokenizer.convert_tokens_to_ids(["+", "-"])
     examples = []
     for problem in problems:
         pool, lines = tuple(sorted(problem.numbers)), []
@@ -150,13 +144,11 @@ def prm_step_auc(problems: list[countdown.Problem], rng: np.random.Generator) ->
             pool = countdown.apply_step(pool, step)
         item = Problem("countdown", countdown.prompt(problem), problem, [])
         examples.append(scored(tokenizer, item, text_steps(tokenizer, lines), "uniform"))
-    ids, mask, tags, labels = prm_arrays(examples, tokenizer.pad_token_id)
-    reward = jax.jit(lambda i, m: prm_logits(prm, i, m, good, bad))
-    logits = np.concatenate([np.asarray(reward(ids[s : s + 256], mask[s : s + 256])) for s in range(0, len(ids), 256)])
+    probs = prm_probabilities(prm, tokenizer, examples)
     out = []
     for t in range(STEPS):
         rows = [i for i, e in enumerate(examples) if t == 0 or e.labels[t - 1]]
-        score = np.array([logits[i, examples[i].tags[t]] for i in rows])
+        score = np.array([probs[i, examples[i].tags[t]] for i in rows])
         label = np.array([examples[i].labels[t] for i in rows])
         out.append({"auc": roc_auc(score, label), "traces": len(rows), "solvable": int(label.sum())})
     return out

@@ -3,8 +3,8 @@
     python -m models.train --out models/shipped --seed 0
 
 LM: a ~0.9M-parameter Llama trained on `[<bos>] prompt trace [<eos>]` of freshly
-drawn problems of both tasks (50/50 unless `--countdown-share`), loss on the trace and `<eos>` only; a
-Countdown problem with several solutions contributes a random one each time it
+drawn problems of both tasks (50/50 unless `--countdown-share`), loss on the trace
+and `<eos>` only; a Countdown problem with several solutions contributes a random one each time it
 is drawn, so the LM learns to propose several plausible steps.
 
 PRM: the same architecture, initialised from the trained LM and fine-tuned in
@@ -338,12 +338,18 @@ def greedy_accuracy(sampler: Callable, params: Any, tok: Any, eval_problems: lis
     return float(np.mean(solved))
 
 
-def prm_auc(prm: Llama, tok: Any, examples: list[Scored]) -> tuple[float, float, int]:
-    """(step-level ROC AUC, fraction of good steps, number of steps) of the PRM on `examples`."""
-    ids, mask, tags, labels = prm_arrays(examples, tok.pad_token_id)
+def prm_probabilities(prm: Llama, tok: Any, examples: list[Scored]) -> np.ndarray:
+    """P(good) the PRM gives at every position of each example [N, PRM_LEN] (read it at the step tags)."""
+    ids, mask, _, _ = prm_arrays(examples, tok.pad_token_id)
     good, bad = tok.convert_tokens_to_ids(["+", "-"])
     score = jax.jit(lambda i, m: jax.nn.sigmoid(prm_logits(prm, i, m, good, bad)))
-    probs = np.concatenate([np.asarray(score(ids[s : s + 256], mask[s : s + 256])) for s in range(0, len(ids), 256)])
+    return np.concatenate([np.asarray(score(ids[s : s + 256], mask[s : s + 256])) for s in range(0, len(ids), 256)])
+
+
+def prm_auc(prm: Llama, tok: Any, examples: list[Scored]) -> tuple[float, float, int]:
+    """(step-level ROC AUC, fraction of good steps, number of steps) of the PRM on `examples`."""
+    _, _, tags, labels = prm_arrays(examples, tok.pad_token_id)
+    probs = prm_probabilities(prm, tok, examples)
     at = tags > 0
     return roc_auc(probs[at], labels[at]), float(labels[at].mean()), int(at.sum())
 
