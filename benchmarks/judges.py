@@ -1,6 +1,6 @@
 """Judge models against peers: crowd label aggregation and simulation-based calibration of ranking.
 
-1. Crowd data with ground truth (RTE, Web, Dog in ../shared/data/crowd): our
+1. Crowd data with ground truth (RTE, Web, Dog in data/crowd): our
    Bayesian Dawid-Skene (NUTS; the default hierarchical prior and the flat
    Dirichlet prior), one-coin and majority vote against crowd-kit's
    DawidSkene and MajorityVote (optional `bench` extra): accuracy of the
@@ -30,7 +30,7 @@ from ppl.judges.bradley_terry import plain_bradley_terry
 from ppl.judges.data import encode_scores, read_table, scores_to_pairs
 from ppl.judges.simplex import simulate
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "crowd"
+DATA = Path(__file__).resolve().parents[1] / "data" / "crowd"
 
 
 def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
