@@ -7,8 +7,8 @@
     `AutoModelForCausalLM` (Math-Shepherd token convention: P("+") among
     {"+", "-"} at the trace's last "\\n", input `<bos>` + prompt + steps, one
     batched forward per problem); the trace with the best final-step reward is
-    picked and checked with `countdown.verify`. Ours: `Solver(COUNTDOWN, ...)
-    .solve(problems, SearchSpec("bon", N))`.
+    picked and checked with `countdown.verify`. Ours: `Solver(TASKS["countdown"],
+    ...).solve(problems, SearchSpec("bon", N))`.
 (b) particle filter. Theirs: llamppl (`Model` whose `async def step` samples
     one step token by token from an `LMContext` on a `CachedCausalLM` wrapping
     the shipped LM, then scores log P("+") of the PyTorch PRM on
@@ -47,12 +47,11 @@ from pathlib import Path
 import numpy as np
 
 from inference.answers import answer_posterior, votes
-from ppl.tasks import countdown
-from ppl.tasks.specs import COUNTDOWN
+from ppl.tasks import EVAL_SEED, TASKS, countdown
 
-EVAL_SEED = 1000
-MAX_STEPS = COUNTDOWN.max_steps
-STEP_TOKENS = COUNTDOWN.params.max_tokens  # per-step token cap of ours (the "\n" included)
+TASK = TASKS["countdown"]
+MAX_STEPS = TASK.max_steps
+STEP_TOKENS = TASK.params.max_tokens  # per-step token cap of ours (the "\n" included)
 MAX_NEW = MAX_STEPS * STEP_TOKENS + 1  # + <eos>
 TARGET_BON, TARGET_PF = 3.0, 20.0
 
@@ -124,8 +123,9 @@ def step_texts(tokenizer, steps: list[list[int]]) -> list[str]:
 
 
 def pick(problem, traces: list[list[str]], vote: np.ndarray, fallback: np.ndarray) -> tuple[bool, object]:
-    """Same selection as ours (`Solver._record`): answer posterior under `vote`, its representative trace."""
-    answers = [COUNTDOWN.answer(problem, t) for t in traces]
+    """Same selection as ours (`ppl.readout.answer_record`): answer posterior under `vote`, its representative
+    trace."""
+    answers = [TASK.answer(problem, t) for t in traces]
     posterior = answer_posterior(answers, vote)
     chosen = posterior.chosen_trace if posterior.chosen_trace is not None else int(np.argmax(fallback))
     return bool(countdown.verify(problem, traces[chosen])), posterior.best
@@ -305,16 +305,16 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from inference.search import SearchSpec
     from ppl.commands.shipped import load_models
+    from ppl.search import SearchSpec
     from ppl.solver import Solver
 
     threads = pick_threads(root / "lm") if args.torch_threads == "auto" else int(args.torch_threads)
     torch.set_num_threads(threads)
     problems = countdown.generate(EVAL_SEED, args.problems)
     pf_problems = problems[: args.pf_problems]
-    lm, tokenizer, prm = load_models(str(root / "lm"), "learned", str(root / "prm"))
-    solver = Solver(COUNTDOWN, lm, tokenizer, prm)
+    lm, tokenizer, prm = load_models(TASK, "learned", str(root / "lm"), str(root / "prm"))
+    solver = Solver(TASK, lm, tokenizer, prm)
     hf_lm = AutoModelForCausalLM.from_pretrained(root / "lm", dtype=torch.float32).eval()
     torch_prm = TorchPRM(root / "prm", tokenizer)
     max_logit_diff = logits_check(lm, hf_lm, tokenizer, problems[0])

@@ -24,14 +24,13 @@ benchmark measures, on the held-out problems (`countdown.generate(1000, n)`):
     python benchmarks/countdown_proposal.py [--problems 200] [--samples 16] [--lm DIR]
                                             [--out benchmarks/results/countdown_proposal.json]
 
-`--lm` measures another LM checkpoint (a candidate from `python -m models.train`) in place of
+`--lm` measures another LM checkpoint (a candidate from `python -m ppl.train`) in place of
 the shipped one; the PRM judged in 3. stays the shipped one.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from collections import Counter
 
@@ -40,13 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 from report import write_json
 
-from inference.search import SearchSpec
-from models.train import EVAL_SEED, Problem, prm_probabilities, roc_auc, scored, text_steps
 from ppl.commands.shipped import SHIPPED, load_models
+from ppl.search import SearchSpec
 from ppl.solver import Solver
-from ppl.tasks import countdown
-from ppl.tasks.oracles import CountdownOracle
-from ppl.tasks.specs import TASKS
+from ppl.tasks import EVAL_SEED, TASKS, Verifier, countdown
+from ppl.tasks.countdown import CountdownVerifier
+from ppl.train import Drawn, prm_probabilities, roc_auc, scored, text_steps
 
 OUTCOMES = ("malformed", "absent operand", "wrong arithmetic", "dead end", "solvable")
 ERRORS = OUTCOMES[:3]
@@ -67,7 +65,7 @@ def outcome(pool: countdown.Pool, text: str, target: int) -> tuple[str, countdow
     return ("solvable" if countdown.solvable(after, target) else "dead end"), after
 
 
-class FirstStepLegalOnly(CountdownOracle):
+class FirstStepLegalOnly(CountdownVerifier):
     """The exact verifier, except that a first step scores 1 when it is legal, reachable target or not."""
 
     def score_step(self, judge, tokens, mask):
@@ -130,7 +128,7 @@ def simulated_pf(problem: countdown.Problem, n: int, q: float, errors: list[floa
 def prm_step_auc(problems: list[countdown.Problem], rng: np.random.Generator) -> list[dict]:
     """The shipped PRM's AUC at each step of uniformly random legal traces still solvable before it."""
     from models import load
-    from models.tokenizer import build_tokenizer
+    from ppl.train import build_tokenizer
 
     tokenizer = build_tokenizer()
     prm, _ = load(SHIPPED / "prm")
@@ -142,8 +140,7 @@ def prm_step_auc(problems: list[countdown.Problem], rng: np.random.Generator) ->
             step = legal[int(rng.integers(len(legal)))]
             lines.append(step.text)
             pool = countdown.apply_step(pool, step)
-        item = Problem("countdown", countdown.prompt(problem), problem, [])
-        examples.append(scored(tokenizer, item, text_steps(tokenizer, lines), "uniform"))
+        examples.append(scored(tokenizer, Drawn(TASKS["countdown"], problem), text_steps(tokenizer, lines), "uniform"))
     probs = prm_probabilities(prm, tokenizer, examples)
     out = []
     for t in range(STEPS):
@@ -167,8 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
     began = time.perf_counter()
     budgets = [int(n) for n in args.particles.split(",")]
     problems = countdown.generate(EVAL_SEED, args.problems)
-    models = load_models(args.lm, prm="oracle")
-    solver = Solver(TASKS["countdown"], *models)
+    task = TASKS["countdown"]
+    lm, tokenizer, verifier = load_models(task, "oracle", lm_path=args.lm)
+    solver = Solver(task, lm, tokenizer, verifier)
 
     counts = lm_outcomes(solver, problems, args.samples)
     shares = [{k: c[k] / max(sum(c.values()), 1) for k in OUTCOMES} for c in counts]
@@ -179,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     def accuracy(solver: Solver, method: str, n: int) -> float:
         return float(np.mean([r["correct"] for r in solver.solve(problems, SearchSpec(method, n), seed=args.seed)]))
 
-    partial = Solver(dataclasses.replace(TASKS["countdown"], oracle=FirstStepLegalOnly), *models)
+    partial = Solver(task, lm, tokenizer, Verifier(FirstStepLegalOnly, CountdownVerifier.context))
     runs = [*((f"pf@{n}", "pf", n) for n in budgets), ("wbon@64", "wbon", 64)]
     engine = {
         name: {"exact": accuracy(solver, m, n), "first step by legality": accuracy(partial, m, n)}

@@ -24,14 +24,11 @@ import jax
 from report import write_json
 
 from inference.entropic import SCHEDULES
-from inference.search import SearchSpec
-from ppl.commands.demo import EVAL_SEED, summarise
+from ppl.commands.demo import summarise
 from ppl.commands.shipped import load_models
+from ppl.search import SearchSpec
 from ppl.solver import Solver
-from ppl.tasks import arithmetic, countdown
-from ppl.tasks.specs import TASKS
-
-GENERATORS = {"countdown": countdown.generate, "arithmetic": arithmetic.generate}
+from ppl.tasks import EVAL_SEED, TASKS
 
 
 def configurations(n: int, form: str, threshold: float) -> list[tuple[str, SearchSpec]]:
@@ -52,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--budgets", default="2,4,8,16")
     parser.add_argument("--prm", choices=("learned", "oracle"), default="learned")
-    parser.add_argument("--task", choices=tuple(GENERATORS), default="countdown")
+    parser.add_argument("--task", choices=tuple(TASKS), default="countdown")
     parser.add_argument("--form", choices=("bernoulli", "twist", "replace"), default="bernoulli",
                         help="PRM likelihood (replace + --threshold 1 is Puri et al.'s / its_hub's filter)")
     parser.add_argument("--threshold", type=float, default=0.5,
@@ -61,8 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="benchmarks/results/entropic.json")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    problems = GENERATORS[args.task](EVAL_SEED, args.problems)
-    solver = Solver(TASKS[args.task], *load_models(prm=args.prm))
+    task = TASKS[args.task]
+    problems = task.generate(EVAL_SEED, args.problems)
+    solver = Solver(task, *load_models(task, args.prm))
     budgets = [int(b) for b in args.budgets.split(",")]
     rows = []
     for n in budgets:

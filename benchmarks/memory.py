@@ -19,23 +19,23 @@ import jax
 import jax.numpy as jnp
 from report import write_json
 
-from inference.search import SearchSpec, reasoning_program
 from ppl.commands.shipped import load_models
 from ppl.reasoning import prefill_prompt
+from ppl.search import SearchSpec, reasoning_program
 from ppl.solver import Solver
-from ppl.tasks.specs import TASKS
+from ppl.tasks import TASKS
 
 
 def peak_bytes(solver: Solver, particles: int, prompt_length: int, share_prompt: bool) -> dict:
     """XLA's memory accounting of one compiled pf run, and one particle's state size."""
     task = solver.task
     program = reasoning_program(task.params, solver.stops, task.max_steps, share_prompt=share_prompt)
-    engine = SearchSpec("pf", particles).engine(program)
+    pf = SearchSpec("pf", particles).engine(program)
     room = 0 if share_prompt else task.max_steps * (task.params.max_tokens + 1)
 
     def run(key, prompt, lm, prm):
         lm_state, judge = prefill_prompt(lm, prm, prompt, prompt_length + room)
-        return engine.run_unchecked(key, lm_state, judge, lm, prm)
+        return pf(key, lm_state, judge, lm, prm)
 
     args = (jax.random.key(0), jnp.ones((1, prompt_length), jnp.int32), solver.lm, solver.prm)
     stats = jax.jit(run).lower(*args).compile().memory_analysis()
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="benchmarks/results/memory.json")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    solver = Solver(TASKS["countdown"], *load_models())
+    task = TASKS["countdown"]
+    solver = Solver(task, *load_models(task))
     rows = []
     for length in [int(x) for x in args.prompts.split(",")]:
         for layout, share in (("copied", False), ("shared", True)):

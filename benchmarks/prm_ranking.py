@@ -20,14 +20,13 @@ import jax
 import numpy as np
 from report import write_json
 
-from inference.search import SearchSpec
+from ppl import readout
 from ppl.commands.shipped import load_models
+from ppl.search import SearchSpec
 from ppl.solver import Solver
-from ppl.tasks import arithmetic, countdown
-from ppl.tasks.specs import TASKS
+from ppl.tasks import TASKS
 
 DEV_SEED = 2000
-GENERATORS = {"countdown": countdown.generate, "arithmetic": arithmetic.generate}
 AGGREGATIONS = ("prod", "min", "last")
 
 
@@ -39,21 +38,22 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=tuple(GENERATORS), default="arithmetic")
+    parser.add_argument("--task", choices=tuple(TASKS), default="arithmetic")
     parser.add_argument("--problems", type=int, default=100)
     parser.add_argument("--samples", type=int, default=8, help="traces per problem")
     parser.add_argument("--out", default="benchmarks/results/prm_ranking.json")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    solver = Solver(TASKS[args.task], *load_models())
-    problems = GENERATORS[args.task](DEV_SEED, args.problems)
+    task = TASKS[args.task]
+    solver = Solver(task, *load_models(task))
+    problems = task.generate(DEV_SEED, args.problems)
     correct, scores = [], {how: [] for how in AGGREGATIONS}  # per problem: [samples]
     for chunk, result, _ in solver.runs(problems, SearchSpec("bon", args.samples)):
         for row, index in enumerate(chunk):
             texts = solver.particle_texts(result, row)
-            correct.append(np.array([solver.task.correct(problems[index], t) for t in texts]))
+            correct.append(np.array([task.correct(problems[index], t) for t in texts]))
             for how in AGGREGATIONS:
-                scores[how].append(solver.trace_scores(result, row, how))
+                scores[how].append(readout.trace_scores(result, row, how))
     ok = np.concatenate(correct)
     mixed = [i for i, c in enumerate(correct) if c.any() and not c.all()]
     rows = []

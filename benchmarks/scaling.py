@@ -5,12 +5,13 @@ per device, on meshes of 1, 2, 4 and 8 devices. Per cell: seconds per problem (c
 excluded) and the bytes a device receives per resampling, read off the compiled resampling
 step (`inference.sharding.collective_bytes`: result sizes of its collectives, so an
 all-gather counts the device's own share too) on the run's own particle state (tokens, LM and
-PRM caches). Island runs use one island per device and `SMC`'s default global exchange every
-4 steps, which Countdown's 3 steps never reach; the bytes an exchange step moves are reported
-beside those of a local step. "routed" is global resampling with `SMC(route_capacity=C)`,
-C = particles per device // 4: the bytes of its all-to-all, and the fraction of this run's
-resampling steps (the global run's own ancestors) that fit in C, i.e. need no fallback to the
-all-gather. It is not timed: the solver vmaps over problems, where the fallback runs too.
+PRM caches). Island runs use one island per device (`inference.Islands`) and its default global
+exchange every 4 steps, which Countdown's 3 steps never reach; the bytes an exchange step moves
+are reported beside those of a local step. "routed" is global resampling with
+`SMC(resampling=inference.Routed(C))`, C = particles per device // 4: the bytes of its
+all-to-all, and the fraction of this run's resampling steps (the global run's own ancestors)
+that fit in C, i.e. need no fallback to the all-gather. It is not timed: the solver vmaps over
+problems, where the fallback runs too.
 
 Without accelerators the devices are simulated on the CPU cores
 (`--xla_force_host_platform_device_count=8`, set here before JAX starts): the bytes are what
@@ -39,7 +40,7 @@ from jax.sharding import Mesh  # noqa: E402
 from report import write_json  # noqa: E402
 
 from inference import resampling  # noqa: E402
-from inference.search import SearchSpec, reasoning_program  # noqa: E402
+from inference.resampling import adaptive_resampler  # noqa: E402
 from inference.sharding import (  # noqa: E402
     ParticlePlacement,
     collective_bytes,
@@ -48,13 +49,11 @@ from inference.sharding import (  # noqa: E402
     route_plan,
     routed_gather,
 )
-from inference.smc import adaptive_resampler  # noqa: E402
-from ppl.commands.demo import EVAL_SEED  # noqa: E402
 from ppl.commands.shipped import load_models  # noqa: E402
 from ppl.reasoning import prefill_prompt  # noqa: E402
+from ppl.search import SearchSpec, reasoning_program  # noqa: E402
 from ppl.solver import Solver  # noqa: E402
-from ppl.tasks import countdown  # noqa: E402
-from ppl.tasks.specs import TASKS  # noqa: E402
+from ppl.tasks import EVAL_SEED, TASKS  # noqa: E402
 
 
 def particle_state(solver: Solver, num_particles: int):
@@ -111,8 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="benchmarks/results/scaling.json")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    solver = Solver(TASKS["countdown"], *load_models())
-    problems = countdown.generate(EVAL_SEED, args.problems)
+    task = TASKS["countdown"]
+    solver = Solver(task, *load_models(task))
+    problems = task.generate(EVAL_SEED, args.problems)
     rows = []
     for d in [int(x) for x in args.devices.split(",")]:
         if d > len(jax.devices()):

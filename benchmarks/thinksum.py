@@ -2,7 +2,7 @@
 
 Problems: `ppl.thinksum_oddoneout.make_problems(seed, n)` from
 `arithmetic.generate(seed, 2000)` with a held-out seed (training draws from
-`SeedSequence(0)` streams and evaluation uses `EVAL_SEED = 1000`; 2000 is
+`SeedSequence(0)` streams and evaluation uses `ppl.tasks.EVAL_SEED`, 1000; 2000 is
 neither). Direct: one greedy trace per expression. Majority: the most
 frequent of S sampled answers per expression, same rule. ThinkSum: the same
 S samples through the NumPyro odd-one-out model. Writes JSON, prints a table.
@@ -22,6 +22,7 @@ import jax
 
 import models
 from ppl import thinksum_oddoneout as odd
+from ppl.tasks import EVAL_SEED
 
 
 def main() -> None:
@@ -33,8 +34,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=10, help="problems per batched Think call")
     parser.add_argument("--out", default="benchmarks/results/thinksum.json")
     args = parser.parse_args()
-    if args.seed in (0, 1000):
-        parser.error("seeds 0 (training) and 1000 (EVAL_SEED) are not held out for this benchmark")
+    if args.seed in (0, EVAL_SEED):
+        parser.error(f"seeds 0 (training) and {EVAL_SEED} (EVAL_SEED) are not held out for this benchmark")
 
     lm, tokenizer = models.load(args.lm)
     problems = odd.make_problems(args.seed, args.problems)

@@ -44,8 +44,12 @@ tempering is not corrected: w' uses lambda at tau = 1. The draft costs one extra
 per particle per step that may resample (its tokens are not counted in the ``deterministic``
 record). A step that does not resample (ESS/N >= threshold) draws no ancestors and keeps W,
 with or without look-ahead.
+
+All of this is a resampling strategy, ``Entropic``, handed to ``inference.SMC``; ``EntropicPF``
+builds that engine.
 """
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -56,13 +60,13 @@ from jax.scipy.special import logsumexp, xlogy
 from jax.sharding import Mesh
 
 from inference import resampling
-from inference.resampling import Scheme
-from inference.smc import SMC, Propagate, SMCCarry, SMCStepInfo, smc_step
+from inference.resampling import Gather, Resampler, Scheme, StepContext, resampling_scheme
+from inference.smc import SMC
 from ppl.program import StateSpaceProgram
 
 Array = jax.Array
 
-__all__ = ["SCHEDULES", "EntropicPF", "temperature"]
+__all__ = ["SCHEDULES", "Entropic", "EntropicPF", "temperature"]
 
 SCHEDULES = ("ess", "entropy", "base")
 ENTROPY_FLOOR = 1e-3
@@ -86,58 +90,39 @@ def temperature(schedule: str, log_weights: Array, progress: Array, tau0: float 
     return jnp.clip(tau, 1.0, MAX_TAU)
 
 
-class EntropicPF(SMC):
-    """Adaptive SMC with entropic (tempered) resampling and optional look-ahead; see the module.
+@dataclasses.dataclass(frozen=True)
+class Entropic:
+    """Entropic (tempered) resampling with optional look-ahead, as an SMC strategy; see the module.
 
-    ``schedule=None`` or ``threshold=0`` (without look-ahead) is plain ``SMC`` with
-    ``ess_threshold=threshold``, bit for bit. ``run``/``run_unchecked`` return an ``SMCResult``.
+    It resamples when ESS/N < the engine's ``ess_threshold`` (>= 1: every step, <= 0: never).
+    ``schedule=None`` (without look-ahead) is ``Adaptive(scheme)``, bit for bit.
     """
 
-    def __init__(
-        self,
-        program: StateSpaceProgram,
-        num_particles: int,
-        schedule: str | None = "ess",
-        threshold: float = 0.5,
-        early_phase: float = 0.5,
-        preserve_target: bool = False,
-        resampling: str | Scheme = "systematic",
-        lookahead: bool = False,
-        tau0: float = 2.0,
-        defensive: float = 0.5,
-        record_deterministic: bool = False,
-        *,
-        mesh: Mesh | None = None,
-        mesh_axis: str | None = None,
-    ):
-        if schedule is not None and schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES} or None, got {schedule!r}")
-        if not 0.0 <= defensive < 1.0:
-            raise ValueError(f"defensive must be in [0, 1), got {defensive}")
-        if tau0 < 1:
-            raise ValueError(f"tau0 must be >= 1, got {tau0}")
-        super().__init__(
-            program, num_particles, resampling, threshold, record_deterministic, mesh=mesh, mesh_axis=mesh_axis
-        )
-        self.schedule = schedule
-        self.threshold = threshold
-        self.early_phase = early_phase
-        self.preserve_target = preserve_target
-        self.lookahead = lookahead
-        self.tau0 = tau0
-        self.defensive = defensive
+    schedule: str | None = "ess"
+    early_phase: float = 0.5
+    preserve_target: bool = False
+    lookahead: bool = False
+    tau0: float = 2.0
+    defensive: float = 0.5
+    scheme: str | Scheme = "systematic"
 
-    def _body(self, args: tuple):
-        propagate = self._propagate(args)
+    def __post_init__(self):
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES} or None, got {self.schedule!r}")
+        if not 0.0 <= self.defensive < 1.0:
+            raise ValueError(f"defensive must be in [0, 1), got {self.defensive}")
+        if self.tau0 < 1:
+            raise ValueError(f"tau0 must be >= 1, got {self.tau0}")
+        resampling_scheme(self.scheme)
 
-        def body(carry: SMCCarry, xs: tuple[Array, Array]) -> tuple[SMCCarry, SMCStepInfo]:
-            resampler = functools.partial(self._resample, t=xs[0], particles=carry.particles, propagate=propagate)
-            return smc_step(carry, xs, propagate=propagate, resampler=resampler)
+    def check(self, num_particles: int, placement: Any) -> None:
+        pass
 
-        return body
+    def bind(self, context: StepContext) -> tuple[Resampler, Gather]:
+        return functools.partial(self._resample, context=context), resampling.gather
 
-    def _tau(self, log_weights: Array, t: Array) -> Array:
-        progress = t / self.program.num_steps
+    def _tau(self, log_weights: Array, t: Array, num_steps: int) -> Array:
+        progress = t / num_steps
         tau = temperature(self.schedule, log_weights, progress, self.tau0)
         return jnp.where(progress < self.early_phase, tau, 1.0)
 
@@ -152,27 +137,43 @@ class EntropicPF(SMC):
             jnp.log(self.defensive) + jax.nn.log_softmax(scaled),
         )
 
-    def _resample(
-        self, key: Array, log_weights: Array, *, t: Array, particles: Any, propagate: Propagate
-    ) -> tuple[Array, Array, Array]:
-        """A ``Resampler`` that also sees the step index and the particles (for the draft)."""
+    def _resample(self, key: Array, log_weights: Array, *, context: StepContext) -> tuple[Array, Array, Array]:
+        """The step's ``Resampler``: it also sees the step index and the particles (for the draft)."""
         n = log_weights.shape[0]
+        threshold = context.ess_threshold
         identity = jnp.arange(n, dtype=jnp.int32)
-        if self.threshold <= 0:
+        if threshold <= 0:
             return identity, log_weights, jnp.array(False)
         look = None
         if self.lookahead:
             key, draft_key = jax.random.split(key)
-            _, look, _ = propagate(jax.random.split(draft_key, n), particles, t)
-        tau = None if self.schedule is None else self._tau(log_weights, t)
-        ancestors = self.scheme(key, self._first_stage(log_weights, look, tau), n)
+            _, look, _ = context.propagate(jax.random.split(draft_key, n), context.particles, context.t)
+        tau = None if self.schedule is None else self._tau(log_weights, context.t, context.num_steps)
+        ancestors = resampling_scheme(self.scheme)(key, self._first_stage(log_weights, look, tau), n)
         if self.lookahead or (self.preserve_target and tau is not None):
             corrected = self._first_stage(log_weights, look, tau if self.preserve_target else None)
             log_lambda = corrected - logsumexp(corrected)
             after = log_weights[ancestors] - log_lambda[ancestors] - jnp.log(n)
         else:
             after = jnp.full_like(log_weights, -jnp.log(n))
-        if self.threshold >= 1:
+        if threshold >= 1:
             return ancestors, after, jnp.array(True)
-        do = resampling.ess(log_weights) < self.threshold * n
+        do = resampling.ess(log_weights) < threshold * n
         return jnp.where(do, ancestors, identity), jnp.where(do, after, log_weights), do
+
+
+def EntropicPF(  # noqa: N802 (named as the kernel it builds, like SMC)
+    program: StateSpaceProgram,
+    num_particles: int,
+    schedule: str | None = "ess",
+    threshold: float = 0.5,
+    *,
+    record_deterministic: bool = False,
+    mesh: Mesh | None = None,
+    **options: Any,
+) -> SMC:
+    """The entropic particle filter: ``SMC`` with ``Entropic(schedule, **options)`` resampling
+    when ESS/N < ``threshold``. ``options``: ``early_phase``, ``preserve_target``, ``lookahead``,
+    ``tau0``, ``defensive``, ``scheme`` (``Entropic``'s fields)."""
+    strategy = Entropic(schedule, **options)
+    return SMC(program, num_particles, strategy, threshold, record_deterministic, mesh)

@@ -57,7 +57,8 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
 from inference import resampling
-from inference.smc import Resampler, SMCCarry, adaptive_resampler, init_carry, smc_step
+from inference.resampling import Resampler, adaptive_resampler
+from inference.smc import SMCState, init_state, smc_step
 from ppl.program import StateSpaceProgram, done_flag, run_traced, site_log_prob
 
 Array = jax.Array
@@ -242,7 +243,7 @@ class Sweep:
         init = self._initialize(jax.random.split(init_key, n), args)
         if reference is not None:
             init = _put(init, reference.init)
-        carry, _ = init_carry(init.state, init.log_weight)
+        carry, _ = init_state(init.state, init.log_weight)
 
         def propagate(keys: Array, particles: Any, t: Array) -> tuple[Any, Array, Any]:
             slots, user = self._propagate_batch(keys, particles, t, args)
@@ -254,7 +255,7 @@ class Sweep:
                 slots = _put(slots, mine)
             return slots.state, slots.log_weight, (slots, user)
 
-        def body(carry: SMCCarry, xs: tuple[Array, Array]):
+        def body(carry: SMCState, xs: tuple[Array, Array]):
             resampler = self.resampler
             if reference is not None:
                 resampler = self._conditional_resampler(reference, carry.particles, xs[0], args)

@@ -1,10 +1,20 @@
-"""Resampling schemes: ``(key, log_weights[N], num_samples) -> ancestors[num_samples]`` (int32).
+"""Resampling: schemes, and the strategies that decide when and how SMC resamples.
 
-Each scheme is unbiased (expected offspring count of particle i is ``num_samples * W_i``), pure,
-jittable with static shapes, and never picks a particle whose log-weight is -inf (or NaN).
+A scheme is ``(key, log_weights[N], num_samples) -> ancestors[num_samples]`` (int32). Each is
+unbiased (expected offspring count of particle i is ``num_samples * W_i``), pure, jittable with
+static shapes, and never picks a particle whose log-weight is -inf (or NaN).
+
+A strategy (``Strategy``) is what ``inference.SMC`` takes as ``resampling=``: before each step it
+is bound to that step's ``StepContext`` and returns the step's ``Resampler`` (which ancestors,
+with which weights afterwards) and ``Gather`` (how the particle state moves). ``Adaptive`` is the
+default (a scheme, when ESS/N falls below the threshold); the entropic PF's tempered resampling
+(``inference.entropic.Entropic``) and the sharded ones (``inference.sharding.Islands``,
+``Routed``) are strategies too, so a kernel is composed rather than subclassed.
 """
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -12,14 +22,25 @@ from jax.scipy.special import logsumexp
 
 Array = jax.Array
 Scheme = Callable[[Array, Array, int], Array]
+# (key, normalised log_weights[N]) -> (ancestors[N], log_weights after resampling, resampled?)
+Resampler = Callable[[Array, Array], tuple[Array, Array, Array]]
+# (particles, ancestors[N]) -> particles
+Gather = Callable[[Any, Array], Any]
+# (keys[N], particles, t) -> (particles, log_weight_increments[N], per-step record pytree)
+Propagate = Callable[[Array, Any, Array], tuple[Any, Array, Any]]
 
 __all__ = [
     "SCHEMES",
+    "Adaptive",
+    "StepContext",
+    "Strategy",
+    "adaptive_resampler",
     "ess",
     "gather",
     "multinomial",
     "normalize",
     "residual",
+    "resampling_scheme",
     "stratified",
     "systematic",
 ]
@@ -93,3 +114,66 @@ SCHEMES: dict[str, Scheme] = {
 def gather(particles, ancestors: Array):
     """Resampling as a gather of every leaf of the particle pytree along axis 0."""
     return jax.tree.map(lambda leaf: jnp.take(leaf, ancestors, axis=0), particles)
+
+
+def resampling_scheme(scheme: str | Scheme) -> Scheme:
+    """A scheme by name (``SCHEMES``) or the callable itself."""
+    if callable(scheme):
+        return scheme
+    if scheme not in SCHEMES:
+        raise ValueError(f"resampling must be one of {sorted(SCHEMES)} or a callable, got {scheme!r}")
+    return SCHEMES[scheme]
+
+
+def adaptive_resampler(scheme: str | Scheme, ess_threshold: float) -> Resampler:
+    """Resample with ``scheme`` when ESS/N < ess_threshold (>= 1: every step, <= 0: never)."""
+    scheme = resampling_scheme(scheme)
+
+    def resample(key: Array, log_weights: Array) -> tuple[Array, Array, Array]:
+        n = log_weights.shape[0]
+        identity = jnp.arange(n, dtype=jnp.int32)
+        if ess_threshold <= 0:
+            return identity, log_weights, jnp.array(False)
+        uniform = jnp.full_like(log_weights, -jnp.log(n))
+        ancestors = scheme(key, log_weights, n)
+        if ess_threshold >= 1:
+            return ancestors, uniform, jnp.array(True)
+        do = ess(log_weights) < ess_threshold * n
+        return jnp.where(do, ancestors, identity), jnp.where(do, uniform, log_weights), do
+
+    return resample
+
+
+class StepContext(NamedTuple):
+    """What a strategy may look at before step ``t`` runs."""
+
+    t: Array  # the step about to run
+    num_steps: int
+    ess_threshold: float  # the engine's: resample when ESS/N falls below it
+    particles: Any  # the particles about to be resampled
+    propagate: Propagate  # the engine's step, for strategies that draft one (look-ahead)
+    placement: Any  # the engine's ``inference.sharding.ParticlePlacement``, or None
+
+
+class Strategy(Protocol):
+    """How SMC resamples: ``check`` the engine's sizes once, ``bind`` to each step."""
+
+    def check(self, num_particles: int, placement: Any) -> None: ...
+
+    def bind(self, context: StepContext) -> tuple[Resampler, Gather]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Adaptive:
+    """Resample with ``scheme`` (a name or a callable) when ESS/N < the engine's threshold."""
+
+    scheme: str | Scheme = "systematic"
+
+    def __post_init__(self):
+        resampling_scheme(self.scheme)
+
+    def check(self, num_particles: int, placement: Any) -> None:
+        pass
+
+    def bind(self, context: StepContext) -> tuple[Resampler, Gather]:
+        return adaptive_resampler(self.scheme, context.ess_threshold), gather

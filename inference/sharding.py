@@ -20,8 +20,8 @@ device or many, so the same key gives the same particles either way.
   instead, which moves particles between islands and evens out their total weights.
 """
 
+import dataclasses
 import re
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -31,16 +31,14 @@ from jax.scipy.special import logsumexp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from inference import resampling
-from inference.resampling import Scheme
+from inference.resampling import Gather, Resampler, Scheme, StepContext, adaptive_resampler, resampling_scheme
 
 Array = jax.Array
-# (particles, ancestors[N]) -> particles
-Gather = Callable[[Any, Array], Any]
-# (key, normalised log_weights[N]) -> (ancestors[N], log_weights after resampling, resampled?)
-Resampler = Callable[[Array, Array], tuple[Array, Array, Array]]
 
 __all__ = [
+    "Islands",
     "ParticlePlacement",
+    "Routed",
     "collective_bytes",
     "island_gather",
     "island_resampler",
@@ -50,12 +48,11 @@ __all__ = [
 
 
 class ParticlePlacement:
-    """The sharding of particle leaves (leading axis over ``axis`` of ``mesh``) and its constraint."""
+    """The sharding of particle leaves (leading axis over the mesh's ``"particles"`` axis, or its
+    first axis when it has none) and its constraint."""
 
-    def __init__(self, mesh: Mesh, num_particles: int, axis: str | None = None):
-        axis = mesh.axis_names[0] if axis is None else axis
-        if axis not in mesh.axis_names:
-            raise ValueError(f"mesh has no axis {axis!r}; its axes are {mesh.axis_names}")
+    def __init__(self, mesh: Mesh, num_particles: int):
+        axis = "particles" if "particles" in mesh.axis_names else mesh.axis_names[0]
         self.num_devices = int(mesh.shape[axis])
         if num_particles % self.num_devices:
             raise ValueError(
@@ -181,6 +178,57 @@ def routed_gather(placement: ParticlePlacement, capacity: int) -> Gather:
         return jax.lax.cond(fits, lambda p, a: routed(p, a, lists), resampling.gather, particles, ancestors)
 
     return gather
+
+
+@dataclasses.dataclass(frozen=True)
+class Islands:
+    """Island resampling (module docstring): within ``num_islands`` equal groups of particles,
+    globally every ``exchange_every`` steps; ``scheme`` draws the ancestors."""
+
+    num_islands: int
+    exchange_every: int = 4
+    scheme: str | Scheme = "systematic"
+
+    def __post_init__(self):
+        if self.num_islands < 1:
+            raise ValueError(f"num_islands must be >= 1, got {self.num_islands}")
+        if self.exchange_every < 1:
+            raise ValueError(f"exchange_every must be >= 1, got {self.exchange_every}")
+        resampling_scheme(self.scheme)
+
+    def check(self, num_particles: int, placement: ParticlePlacement | None) -> None:
+        if num_particles % self.num_islands:
+            raise ValueError(f"islands={self.num_islands} must divide num_particles={num_particles}")
+        if placement is not None and self.num_islands % placement.num_devices:
+            raise ValueError(f"islands={self.num_islands} must be a multiple of the {placement.num_devices} devices")
+
+    def bind(self, context: StepContext) -> tuple[Resampler, Gather]:
+        exchange = context.t % self.exchange_every == self.exchange_every - 1
+        threshold, scheme = context.ess_threshold, resampling_scheme(self.scheme)
+        everywhere = adaptive_resampler(scheme, threshold)
+        resampler = island_resampler(everywhere, scheme, threshold, self.num_islands, exchange)
+        return resampler, island_gather(self.num_islands, exchange)
+
+
+@dataclasses.dataclass(frozen=True)
+class Routed:
+    """Global adaptive resampling over a mesh whose gather moves only the particles each device
+    lacks, up to ``capacity`` per pair of devices (``routed_gather``; not for a vmapped run)."""
+
+    capacity: int
+    scheme: str | Scheme = "systematic"
+
+    def __post_init__(self):
+        if self.capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {self.capacity}")
+        resampling_scheme(self.scheme)
+
+    def check(self, num_particles: int, placement: ParticlePlacement | None) -> None:
+        if placement is None:
+            raise ValueError("Routed resampling moves particles between devices: give the engine a mesh=")
+
+    def bind(self, context: StepContext) -> tuple[Resampler, Gather]:
+        return adaptive_resampler(self.scheme, context.ess_threshold), routed_gather(context.placement, self.capacity)
 
 
 _COLLECTIVE = re.compile(

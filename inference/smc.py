@@ -7,14 +7,20 @@ propagate every particle one step, reweight. The log-evidence estimate
     log Z = log mean_i exp(w_init^i) + sum_t log sum_i W_{t-1}^i exp(increment_t^i)
 
 uses the normalised weights W before step t (uniform right after a resample), so it stays
-unbiased whether or not a step resampled (also when a resampler leaves unequal weights, as the
-tempered and island resamplers do). ``smc_step`` takes the propagation, resampling and gather
-functions as arguments so other kernels (tempered resampling, conditional SMC, islands) reuse the
-loop. With ``mesh=`` the particles are sharded over devices (``inference.sharding``).
+unbiased whether or not a step resampled (also when a strategy leaves unequal weights, as the
+tempered and island strategies do). How a step resamples is a strategy
+(``inference.resampling.Strategy``) handed to ``SMC``; the loop is the same for all of them, and
+for the particle-MCMC kernels, which call ``smc_step`` with their own conditional resampler.
+With ``mesh=`` the particles are sharded over devices (``inference.sharding``).
+
+For users who write their own loop, ``init`` and ``step`` are the same run one step at a time:
+
+    state, status = smc.init(program, init_key, num_particles, *args)
+    for t, key in enumerate(jax.random.split(scan_key, program.num_steps)):
+        state, info = smc.step(program, state, key, t, *args)
 """
 
-import functools
-from collections.abc import Callable
+from enum import IntEnum
 from typing import Any, NamedTuple
 
 import jax
@@ -24,36 +30,40 @@ from jax.scipy.special import logsumexp
 from jax.sharding import Mesh
 
 from inference import resampling
-from inference.sharding import (
-    Gather,
-    ParticlePlacement,
-    Resampler,
-    island_gather,
-    island_resampler,
-    routed_gather,
-)
+from inference.resampling import Adaptive, Gather, Propagate, Resampler, StepContext, Strategy
+from inference.sharding import ParticlePlacement
 from ppl.errors import PPLError
 from ppl.program import StateSpaceProgram
 
 Array = jax.Array
-# (keys[N], particles, t) -> (particles, log_weight_increments[N], per-step record pytree)
-Propagate = Callable[[Array, Any, Array], tuple[Any, Array, Any]]
 
 __all__ = [
     "SMC",
-    "SMCCarry",
     "SMCResult",
+    "SMCState",
     "SMCStepInfo",
     "WeightError",
-    "adaptive_resampler",
+    "WeightStatus",
     "check_weights",
-    "init_carry",
+    "init",
+    "init_state",
     "smc_step",
+    "step",
     "weight_status",
 ]
 
-# Codes of ``weight_status``; 0 means the weights are usable.
-_PROBLEMS = {1: "a log-weight is NaN", 2: "a log-weight is +inf", 3: "every particle has log-weight -inf"}
+
+class WeightStatus(IntEnum):
+    """Whether a step's weights are usable (``OK``) and, if not, the first problem that applies."""
+
+    OK = 0
+    NAN = 1  # a log-weight is NaN
+    POSITIVE_INFINITY = 2  # a log-weight is +inf
+    ALL_ZERO = 3  # every particle has log-weight -inf
+
+    @property
+    def message(self) -> str:
+        return {1: "a log-weight is NaN", 2: "a log-weight is +inf", 3: "every particle has log-weight -inf"}[self]
 
 
 class WeightError(PPLError):
@@ -61,20 +71,20 @@ class WeightError(PPLError):
 
 
 def weight_status(log_weights: Array) -> Array:
-    """0 if usable; 1 any NaN, 2 any +inf, 3 all -inf (the first that applies)."""
+    """The ``WeightStatus`` code of unnormalised log-weights (an int32 array, for use under jit)."""
     return jnp.select(
         [
             jnp.any(jnp.isnan(log_weights)),
             jnp.any(log_weights == jnp.inf),
             jnp.all(log_weights == -jnp.inf),
         ],
-        [1, 2, 3],
-        0,
+        [WeightStatus.NAN, WeightStatus.POSITIVE_INFINITY, WeightStatus.ALL_ZERO],
+        WeightStatus.OK,
     ).astype(jnp.int32)
 
 
-class SMCCarry(NamedTuple):
-    """The scan carry: particles (leading axis N), normalised log-weights, running log Z."""
+class SMCState(NamedTuple):
+    """Particles (leading axis N), normalised log-weights, running log Z."""
 
     particles: Any
     log_weights: Array
@@ -94,54 +104,26 @@ class SMCStepInfo(NamedTuple):
     record: Any
 
 
-def resampling_scheme(scheme: str | resampling.Scheme) -> resampling.Scheme:
-    """A scheme by name (``resampling.SCHEMES``) or the callable itself."""
-    if callable(scheme):
-        return scheme
-    if scheme not in resampling.SCHEMES:
-        raise ValueError(f"resampling must be one of {sorted(resampling.SCHEMES)} or a callable, got {scheme!r}")
-    return resampling.SCHEMES[scheme]
-
-
-def adaptive_resampler(scheme: str | resampling.Scheme, ess_threshold: float) -> Resampler:
-    """Resample with ``scheme`` when ESS/N < ess_threshold (>= 1: every step, <= 0: never)."""
-    scheme = resampling_scheme(scheme)
-
-    def resample(key: Array, log_weights: Array) -> tuple[Array, Array, Array]:
-        n = log_weights.shape[0]
-        identity = jnp.arange(n, dtype=jnp.int32)
-        if ess_threshold <= 0:
-            return identity, log_weights, jnp.array(False)
-        uniform = jnp.full_like(log_weights, -jnp.log(n))
-        ancestors = scheme(key, log_weights, n)
-        if ess_threshold >= 1:
-            return ancestors, uniform, jnp.array(True)
-        do = resampling.ess(log_weights) < ess_threshold * n
-        return jnp.where(do, ancestors, identity), jnp.where(do, uniform, log_weights), do
-
-    return resample
-
-
-def init_carry(particles: Any, log_weights: Array) -> tuple[SMCCarry, Array]:
-    """Carry from initial particles and their unnormalised log-weights, and their status."""
+def init_state(particles: Any, log_weights: Array) -> tuple[SMCState, Array]:
+    """State from initial particles and their unnormalised log-weights, and their status."""
     total = logsumexp(log_weights)
     log_evidence = total - jnp.log(log_weights.shape[0])
-    return SMCCarry(particles, log_weights - total, log_evidence), weight_status(log_weights)
+    return SMCState(particles, log_weights - total, log_evidence), weight_status(log_weights)
 
 
 def smc_step(
-    carry: SMCCarry,
+    state: SMCState,
     xs: tuple[Array, Array],
     *,
     propagate: Propagate,
     resampler: Resampler,
     gather: Gather = resampling.gather,
-) -> tuple[SMCCarry, SMCStepInfo]:
+) -> tuple[SMCState, SMCStepInfo]:
     """One SMC step as a ``lax.scan`` body over ``xs = (t, key)``: resample, propagate, reweight."""
     t, key = xs
     resample_key, propagate_key = jax.random.split(key)
-    ancestors, log_weights, resampled = resampler(resample_key, carry.log_weights)
-    particles = jax.lax.cond(resampled, lambda p: gather(p, ancestors), lambda p: p, carry.particles)
+    ancestors, log_weights, resampled = resampler(resample_key, state.log_weights)
+    particles = jax.lax.cond(resampled, lambda p: gather(p, ancestors), lambda p: p, state.particles)
     keys = jax.random.split(propagate_key, log_weights.shape[0])
     particles, increments, record = propagate(keys, particles, t)
     unnormalised = log_weights + increments
@@ -150,7 +132,39 @@ def smc_step(
     info = SMCStepInfo(
         ancestors, resampled, resampling.ess(log_weights), log_z, weight_status(unnormalised), record
     )
-    return SMCCarry(particles, log_weights, carry.log_evidence + log_z), info
+    return SMCState(particles, log_weights, state.log_evidence + log_z), info
+
+
+def strategy_of(resampling: str | resampling.Scheme | Strategy) -> Strategy:
+    """A strategy as given, or ``Adaptive`` over a scheme given by name or as a callable."""
+    return resampling if hasattr(resampling, "bind") else Adaptive(resampling)
+
+
+def init(program: StateSpaceProgram, rng_key: Array, num_particles: int, *args) -> tuple[SMCState, Array]:
+    """``num_particles`` initial particles and their ``weight_status``: the first half of a run."""
+    particles, log_weights = program.initialize_batch(jax.random.split(rng_key, num_particles), *args)
+    return init_state(particles, log_weights)
+
+
+def step(
+    program: StateSpaceProgram,
+    state: SMCState,
+    rng_key: Array,
+    t: int | Array,
+    *args,
+    resampling: str | resampling.Scheme | Strategy = "systematic",
+    ess_threshold: float = 0.5,
+) -> tuple[SMCState, SMCStepInfo]:
+    """Step ``t`` of a run: resample as ``resampling`` decides, propagate, reweight."""
+
+    def propagate(keys: Array, particles: Any, t: Array) -> tuple[Any, Array, Any]:
+        out = program.propagate_batch(keys, particles, t, *args)
+        return out.state, out.log_weight, out.deterministic
+
+    t = jnp.asarray(t, jnp.int32)
+    context = StepContext(t, program.num_steps, ess_threshold, state.particles, propagate, None)
+    resampler, gather = strategy_of(resampling).bind(context)
+    return smc_step(state, (t, rng_key), propagate=propagate, resampler=resampler, gather=gather)
 
 
 class SMCResult(NamedTuple):
@@ -160,7 +174,7 @@ class SMCResult(NamedTuple):
     leading axis T = num_steps: ``ess`` after step t's reweighting (what step t+1's resampling
     decision sees), ``ancestors`` [T, N] used before step t (identity where ``resampled`` is
     False), ``log_evidence_increments``; ``log_evidence`` = log mean exp(initial log-weights) +
-    their sum. ``weight_status`` [T] and ``init_weight_status`` are ``smc.weight_status`` codes.
+    their sum. ``weight_status`` [T] and ``init_weight_status`` are ``WeightStatus`` codes.
     ``deterministic`` holds the deterministic sites per step [T, N, ...] when recorded, else {}.
     """
 
@@ -190,49 +204,33 @@ class SMCResult(NamedTuple):
 class SMC:
     """Adaptive-resampling SMC (particle filter) for a ``StateSpaceProgram``.
 
+    ``resampling`` is a scheme (a name in ``resampling.SCHEMES`` or a callable), used when ESS/N
+    < ``ess_threshold``, or a ``resampling.Strategy``: ``inference.entropic.Entropic`` (tempered),
+    ``inference.sharding.Islands`` or ``Routed`` (over a mesh). ``record_deterministic`` keeps the
+    program's deterministic sites per step in the result. ``mesh`` shards the particles over its
+    ``"particles"`` axis (or its first axis when it has none; see ``inference.sharding``).
+
     ``run(rng_key, *args)`` is one jitted call, compiled once per shapes/dtypes of ``args``;
     it raises ``WeightError`` if the weights ever become unusable. ``run_unchecked`` is the
     same pure function without the host-side check (for vmap over keys, or nesting in jit).
-
-    Scale-out: ``mesh`` shards the particles over ``mesh_axis`` (default: the mesh's first axis);
-    resampling is global unless ``islands`` > 0, which resamples within that many equal groups
-    of particles and globally every ``exchange_every`` steps. A global step moves the particle
-    state with an all-gather, or with ``route_capacity`` > 0 only the particles each device lacks,
-    up to that many per pair of devices (see ``inference.sharding``; not for a vmapped run).
     """
 
     def __init__(
         self,
         program: StateSpaceProgram,
         num_particles: int,
-        resampling: str | resampling.Scheme = "systematic",
+        resampling: str | resampling.Scheme | Strategy = "systematic",
         ess_threshold: float = 0.5,
         record_deterministic: bool = False,
-        *,
         mesh: Mesh | None = None,
-        mesh_axis: str | None = None,
-        islands: int = 0,
-        exchange_every: int = 4,
-        route_capacity: int = 0,
     ):
         self.program = program
         self.num_particles = int(num_particles)
-        self.scheme = resampling_scheme(resampling)
+        self.strategy = strategy_of(resampling)
         self.ess_threshold = ess_threshold
-        self.resampler = adaptive_resampler(self.scheme, ess_threshold)
         self.record_deterministic = record_deterministic
-        self.placement = None if mesh is None else ParticlePlacement(mesh, self.num_particles, mesh_axis)
-        if islands < 0 or (islands and self.num_particles % islands):
-            raise ValueError(f"islands={islands} must divide num_particles={self.num_particles}")
-        if islands and self.placement is not None and islands % self.placement.num_devices:
-            raise ValueError(f"islands={islands} must be a multiple of the {self.placement.num_devices} devices")
-        if exchange_every < 1:
-            raise ValueError(f"exchange_every must be >= 1, got {exchange_every}")
-        self.islands = islands
-        self.exchange_every = exchange_every
-        if route_capacity and (self.placement is None or islands):
-            raise ValueError("route_capacity applies to global resampling over a mesh: give mesh= and no islands")
-        self.route_capacity = route_capacity
+        self.placement = None if mesh is None else ParticlePlacement(mesh, self.num_particles)
+        self.strategy.check(self.num_particles, self.placement)
         self._run_jit = jax.jit(self.run_unchecked)
 
     def _place(self, particles: Any) -> Any:
@@ -246,38 +244,25 @@ class SMC:
 
         return propagate
 
-    def _body(self, args: tuple) -> Callable[[SMCCarry, tuple[Array, Array]], tuple[SMCCarry, SMCStepInfo]]:
-        """The scan body: ``smc_step`` with this engine's propagation and resampler (a hook for
-        kernels whose resampling also sees the step index or the particles)."""
-        propagate = self._propagate(args)
-        if not self.islands:
-            gather = routed_gather(self.placement, self.route_capacity) if self.route_capacity else resampling.gather
-            return functools.partial(smc_step, propagate=propagate, resampler=self.resampler, gather=gather)
-
-        def body(carry: SMCCarry, xs: tuple[Array, Array]) -> tuple[SMCCarry, SMCStepInfo]:
-            exchange = xs[0] % self.exchange_every == self.exchange_every - 1
-            resampler = island_resampler(self.resampler, self.scheme, self.ess_threshold, self.islands, exchange)
-            gather = island_gather(self.islands, exchange)
-            return smc_step(carry, xs, propagate=propagate, resampler=resampler, gather=gather)
-
-        return body
-
     def run_unchecked(self, rng_key: Array, *args) -> SMCResult:
         """The whole run as a pure function of the key and the program's arguments."""
         init_key, scan_key = jax.random.split(rng_key)
-        particles, log_weights = self.program.initialize_batch(
-            jax.random.split(init_key, self.num_particles), *args
-        )
-        particles = self._place(particles)
-        carry, init_status = init_carry(particles, log_weights)
+        state, init_status = init(self.program, init_key, self.num_particles, *args)
+        state = state._replace(particles=self._place(state.particles))
         num_steps = self.program.num_steps
-        body = self._body(args)
+        propagate = self._propagate(args)
+
+        def body(state: SMCState, xs: tuple[Array, Array]) -> tuple[SMCState, SMCStepInfo]:
+            context = StepContext(xs[0], num_steps, self.ess_threshold, state.particles, propagate, self.placement)
+            resampler, gather = self.strategy.bind(context)
+            return smc_step(state, xs, propagate=propagate, resampler=resampler, gather=gather)
+
         xs = (jnp.arange(num_steps, dtype=jnp.int32), jax.random.split(scan_key, num_steps))
-        carry, info = jax.lax.scan(body, carry, xs)
+        state, info = jax.lax.scan(body, state, xs)
         return SMCResult(
-            log_evidence=carry.log_evidence,
-            particles=carry.particles,
-            log_weights=carry.log_weights,
+            log_evidence=state.log_evidence,
+            particles=state.particles,
+            log_weights=state.log_weights,
             ess=info.ess,
             ancestors=info.ancestors,
             log_evidence_increments=info.log_evidence_increment,
@@ -296,11 +281,11 @@ class SMC:
 
 def check_weights(result: SMCResult) -> None:
     """Raise ``WeightError`` for the first bad weight status of a run (host-side)."""
-    init_status = int(result.init_weight_status)
+    init_status = WeightStatus(int(result.init_weight_status))
     if init_status:
-        raise WeightError(f"SMC weights invalid at initialisation: {_PROBLEMS[init_status]}")
+        raise WeightError(f"SMC weights invalid at initialisation: {init_status.message}")
     status = np.asarray(result.weight_status)
     bad = np.flatnonzero(status)
     if bad.size:
         step = int(bad[0])
-        raise WeightError(f"SMC weights invalid first at step {step}: {_PROBLEMS[int(status[step])]}")
+        raise WeightError(f"SMC weights invalid first at step {step}: {WeightStatus(int(status[step])).message}")

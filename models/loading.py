@@ -18,14 +18,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.llama import Config, Llama
-from ppl.errors import PPLError
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-class CheckpointError(PPLError):
-    """A checkpoint directory is missing, incomplete, corrupt, or does not match the model."""
+class CheckpointError(Exception):
+    """A checkpoint directory is missing, incomplete, corrupt, or does not match the model.
+
+    The base of every error `models` raises on purpose (`models` imports nothing of `ppl`; the
+    CLI reports these as one-line errors like `ppl.errors.PPLError`)."""
 
 
 class UnsafeCheckpointError(CheckpointError):

@@ -11,14 +11,14 @@ Three Hugging Face conventions, one interface:
 
 A PRM scores incrementally: it keeps its own KV cache per particle (resampled
 with the particle) and reads only the new step, appending the step tag when the
-convention asks for one. `VerifierPRM` wraps any jittable checker instead.
+convention asks for one. (A task's exact verifier has the same `score_step` interface;
+see `ppl.tasks.Verifier`.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,6 @@ from models.loading import (
     load_tokenizer,
     read_hf_config,
 )
-
-AGGREGATIONS = ("last", "min", "prod", "model")
 
 
 class ReLU(nnx.Module):
@@ -128,36 +126,6 @@ class PRM(nnx.Module):
         hidden, cache = self.model.hidden_states(tokens, cache, mask, prefix)
         last = jnp.maximum(count - 1, 0)
         return self.rewards_from_hidden(jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]), cache
-
-
-class VerifierPRM:
-    """A programmatic checker used as a PRM: any jittable `check(step_tokens, mask, context) -> reward`.
-
-    `context` is whatever task data the checker needs (e.g. the Countdown pool),
-    carried in the particle's state by the caller.
-    """
-
-    def __init__(self, check: Callable[..., jax.Array]):
-        self.check = check
-
-    def __call__(self, tokens: jax.Array, mask: jax.Array, context: Any) -> jax.Array:
-        return self.check(tokens, mask, context)
-
-
-def aggregate(rewards: jax.Array, valid: jax.Array, how: str = "last") -> jax.Array:
-    """Combine per-step rewards [..., S] (valid where `valid`) into one score per trace.
-
-    `last`: the final valid step's reward (also what `model` aggregation reads, since
-    its PRM scored the trace as a single step); `min`; `prod`.
-    """
-    if how not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
-    if how in ("last", "model"):
-        index = jnp.maximum(jnp.sum(valid, axis=-1) - 1, 0)
-        return jnp.take_along_axis(rewards, index[..., None], axis=-1)[..., 0]
-    if how == "min":
-        return jnp.min(jnp.where(valid, rewards, 1.0), axis=-1)
-    return jnp.exp(jnp.sum(jnp.where(valid, jnp.log(jnp.clip(rewards, 1e-30, 1.0)), 0.0), axis=-1))
 
 
 def _token_id(tokenizer: Any, text: str) -> int:

@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from models.loading import CheckpointError
     from ppl.errors import PPLError
 
     parser = build_parser()
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     _enable_compilation_cache()
     try:
         return int(args.run(args) or 0)
-    except (PPLError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+    except (PPLError, CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         print(f"ppl {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 A program is ``init(*args) -> state`` and ``step(state, t, *args) -> state``. Running one step
 seeds, traces and (optionally) substitutes values from a proposal program, then reads the
-incremental importance weight off the trace (DESIGN.md, "Semantics that must be exact"):
+incremental importance weight off the trace (docs/programs.md, "The weight rule"):
 
     increment = sum over latent sample sites of  log p(v) - log q(v)
               + sum of observed-site and factor log-densities.

@@ -1,4 +1,4 @@
-"""Inference-time search methods, all one reasoning program run by the SMC engine.
+"""Inference-time search methods, all one reasoning program run by the kernels of `inference`.
 
 Every method samples steps with the same jitted code (`ppl.reasoning`) and
 differs only in how particles are selected between steps and how the final
@@ -25,16 +25,19 @@ extra step per particle per step, which its token count does not include.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from inference.entropic import EntropicPF
-from inference.pmcmc import ChainResult, ParticleGibbs
-from inference.smc import SMC
+from inference.entropic import Entropic
+from inference.pmcmc import ParticleGibbs
+from inference.sharding import Islands
+from inference.smc import SMC, SMCResult
 from models.sampling import SamplingParams, StopTable
 from ppl import reasoning
 from ppl.program import StateSpaceProgram
@@ -67,7 +70,7 @@ class SearchSpec:
     ess_threshold: float = 0.5
     schedule: str = "ess"  # epf only: the temperature schedule of `inference.EntropicPF`
     lookahead: bool = False  # epf only
-    mesh: Mesh | None = None  # shard the particles over this mesh's first axis (not pg)
+    mesh: Mesh | None = None  # shard the particles over this mesh (its "particles" axis; not pg)
     islands: int = 0  # pf only: island resampling with this many islands (`inference.sharding`)
 
     def __post_init__(self):
@@ -87,34 +90,57 @@ class SearchSpec:
     def sampling(self, params: SamplingParams) -> SamplingParams:
         return dataclasses.replace(params, temperature=0.0) if self.method == "greedy" else params
 
-    def engine(self, program: StateSpaceProgram) -> SMC | ChainEngine:
-        """The engine (``run_unchecked(key, *args)``, pure) that runs this method."""
+    def engine(self, program: StateSpaceProgram) -> Callable[..., SearchResult]:
+        """The pure function ``run(rng_key, *args) -> SearchResult`` of this method on ``program``."""
         n = self.particles
-        placed = dict(record_deterministic=True, mesh=self.mesh)
-        if self.method == "epf":
-            return EntropicPF(
-                program, n, self.schedule, self.ess_threshold, resampling=self.resampling, lookahead=self.lookahead,
-                **placed,
-            )
         if self.method == "pg":
             per_sweep = min(n, max(2, 1 << ((n.bit_length() - 1) // 2)))
-            return ChainEngine(ParticleGibbs(program, per_sweep), max(1, n // per_sweep))
-        if self.method == "pf":
-            return SMC(program, n, self.resampling, self.ess_threshold, islands=self.islands, **placed)
-        if self.method == "beam":
-            return SMC(program, n, top_k_scheme(BEAM_EXPANSION), 1.0, **placed)
-        return SMC(program, n, "systematic", 0.0, **placed)  # independent samples
+            return functools.partial(_chain, ParticleGibbs(program, per_sweep), max(1, n // per_sweep))
+        if self.method == "epf":
+            strategy = Entropic(self.schedule, lookahead=self.lookahead, scheme=self.resampling)
+            smc = SMC(program, n, strategy, self.ess_threshold, True, self.mesh)
+        elif self.method == "pf":
+            strategy = Islands(self.islands, scheme=self.resampling) if self.islands else self.resampling
+            smc = SMC(program, n, strategy, self.ess_threshold, True, self.mesh)
+        elif self.method == "beam":
+            smc = SMC(program, n, top_k_scheme(BEAM_EXPANSION), 1.0, True, self.mesh)
+        else:
+            smc = SMC(program, n, "systematic", 0.0, True, self.mesh)  # independent samples
+        return lambda rng_key, *args: SearchResult.of_smc(smc.run_unchecked(rng_key, *args))
 
 
-@dataclasses.dataclass(frozen=True)
-class ChainEngine:
-    """A particle-MCMC chain of ``num_iterations`` sweeps, run like an SMC engine."""
+class SearchResult(NamedTuple):
+    """What every method's run returns (a pytree; per-problem rows when vmapped).
 
-    kernel: ParticleGibbs
-    num_iterations: int
+    ``particles`` are the final traces (leading axis N), ``log_weights`` their normalised weights,
+    ``deterministic`` the programs' deterministic sites (``"step.length"``: tokens per step),
+    ``weight_status`` per step (``inference.WeightStatus`` codes). ``ancestors`` [T, N] and
+    ``resampled`` [T] are the filter's genealogy; a particle-MCMC chain has none (T = 0).
+    """
 
-    def run_unchecked(self, rng_key: jax.Array, *args) -> ChainResult:
-        return self.kernel.run_chain(rng_key, self.num_iterations, *args)
+    particles: Any
+    log_weights: jax.Array
+    deterministic: dict
+    weight_status: jax.Array
+    ancestors: jax.Array
+    resampled: jax.Array
+
+    @classmethod
+    def of_smc(cls, result: SMCResult) -> SearchResult:
+        return cls(
+            result.particles, result.log_weights, result.deterministic, result.weight_status,
+            result.ancestors, result.resampled,
+        )
+
+
+def _chain(kernel: ParticleGibbs, num_iterations: int, rng_key: jax.Array, *args) -> SearchResult:
+    """A particle-Gibbs chain of ``num_iterations`` sweeps, its references as the particle set."""
+    chain = kernel.run_chain(rng_key, num_iterations, *args)
+    k = chain.log_weights.shape[0]
+    return SearchResult(
+        chain.particles, chain.log_weights, chain.deterministic, jnp.zeros((0,), jnp.int32),
+        jnp.zeros((0, k), jnp.int32), jnp.zeros((0,), bool),
+    )
 
 
 def top_k_scheme(expansion: int):

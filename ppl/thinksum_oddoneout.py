@@ -36,12 +36,14 @@ STEP_TOKENS = 12  # the arithmetic task's token cap of one line
 
 
 @dataclasses.dataclass(frozen=True)
-class Problem:
+class OddOneOut:
+    """An odd-one-out problem: K arithmetic expressions, all but one of the same value."""
+
     expressions: tuple[str, ...]
     odd: int  # index of the expression whose value differs
 
 
-def make_problems(seed: int, n: int, size: int = 4, pool: int = 2000) -> list[Problem]:
+def make_problems(seed: int, n: int, size: int = 4, pool: int = 2000) -> list[OddOneOut]:
     """`n` problems from `arithmetic.generate(seed, pool)`: size-1 expressions share a value, one differs.
 
     No expression is used twice. Raises if the pool has too few shared values.
@@ -61,7 +63,7 @@ def make_problems(seed: int, n: int, size: int = 4, pool: int = 2000) -> list[Pr
         group = [by_value[value].pop(rng.integers(len(by_value[value]))) for _ in range(size - 1)]
         odd_expr = by_value[odd_value].pop(rng.integers(len(by_value[odd_value])))
         odd = int(rng.integers(size))
-        problems.append(Problem(tuple(group[:odd] + [odd_expr] + group[odd:]), odd))
+        problems.append(OddOneOut(tuple(group[:odd] + [odd_expr] + group[odd:]), odd))
     return problems
 
 
@@ -124,7 +126,7 @@ def majority_value(row: Sequence[int | None]) -> int | None:
 
 
 def evaluate(
-    lm: Any, tokenizer: Any, problems: Sequence[Problem], num_samples: int, seed: int, chunk: int = 10
+    lm: Any, tokenizer: Any, problems: Sequence[OddOneOut], num_samples: int, seed: int, chunk: int = 10
 ) -> dict[str, Any]:
     """Accuracy of direct, majority and ThinkSum on `problems`, `chunk` problems per batched call."""
     rng = np.random.default_rng(seed)

@@ -1,6 +1,6 @@
 """Train the shipped tiny LM and its learned PRM (one pair for Countdown and arithmetic).
 
-    python -m models.train --out models/shipped --seed 0
+    python -m ppl.train --out models/shipped --seed 0
 
 LM: a ~0.9M-parameter Llama trained on `[<bos>] prompt trace [<eos>]` of freshly
 drawn problems of both tasks (50/50 unless `--countdown-share`), loss on the trace
@@ -16,7 +16,9 @@ corrupted traces and correct solutions.
 
 Everything is reproducible from `--seed` (NumPy streams for data, fixed JAX
 keys). Training data never uses `EVAL_SEED`, which draws the held-out
-problems the model cards report on.
+problems the model cards report on. The tasks come from the registry
+(`ppl.tasks.TASKS`, each with its `Training` data); the models themselves
+(`models/`) know nothing of them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,17 +49,31 @@ from models.sampling import (
     stop_table,
 )
 from models.saving import save_pretrained
-from models.tokenizer import build_tokenizer
-from ppl.tasks import arithmetic, countdown
+from models.tokenizer import train_bpe
+from ppl.tasks import EVAL_SEED, TASKS, Task
 
-EVAL_SEED = 1000  # held-out problems: countdown.generate(EVAL_SEED, n), arithmetic.generate(EVAL_SEED, n)
 SEQ_LEN = 72  # longest training sequence is 69 tokens (an arithmetic trace)
 PROMPT_LEN = 24  # prompts are left-padded to this for sampling
 STEP_TOKENS = 20  # token cap of one sampled step
 SAMPLE_STEPS = 5  # steps sampled per trace (arithmetic: 4 operations + answer line)
 PRM_LEN = 96  # PRM inputs are cut here; tags beyond are dropped
 PRM_TAGS = {"prm_type": "token", "step_tag": "\n", "good_token": "+", "bad_token": "-"}
-TASKS = ("countdown", "arithmetic")
+CORPUS_SEED = 0
+CORPUS_PROBLEMS = 200  # per task
+
+
+def tokenizer_corpus(seed: int = CORPUS_SEED, n: int = CORPUS_PROBLEMS) -> list[str]:
+    """Prompt + first solution of `n` problems of each task: the training corpus of the shipped BPE."""
+    return [
+        task.prompt(p) + "".join(f"{line}\n" for line in task.training.solutions(p)[0])
+        for task in TASKS.values()
+        for p in task.generate(seed, n)
+    ]
+
+
+def build_tokenizer() -> Any:
+    """The shipped tokenizer: the BPE of `models.tokenizer` trained on `tokenizer_corpus()`."""
+    return train_bpe(tokenizer_corpus())
 
 
 def lm_config(vocab_size: int) -> Config:
@@ -76,44 +92,34 @@ def lm_config(vocab_size: int) -> Config:
 # ---------------------------------------------------------------- data
 
 
-@dataclasses.dataclass
-class Problem:
-    """A problem of either task, with what training and labelling need."""
+class Drawn(NamedTuple):
+    """A problem drawn for training, with the task it belongs to."""
 
-    task: str
-    prompt: str
-    item: Any  # countdown.Problem or an arithmetic expression
-    solutions: list[list[str]]  # trace lines of each correct solution
+    task: Task
+    problem: Any
+
+    @property
+    def prompt(self) -> str:
+        return self.task.prompt(self.problem)
 
     def labels(self, lines: list[str]) -> list[int]:
-        module = countdown if self.task == "countdown" else arithmetic
-        return module.step_labels(self.item, lines)
-
-    def solved(self, lines: list[str]) -> bool:
-        if self.task == "countdown":
-            return countdown.verify(self.item, lines)
-        return len(lines) == len(self.solutions[0]) and arithmetic.verify_steps(self.item, lines)
-
-    def corrupted(self, rng: np.random.Generator) -> list[str]:
-        module = countdown if self.task == "countdown" else arithmetic
-        return module.corrupted_trace(self.item, rng)
+        return self.task.training.step_labels(self.problem, lines)
 
 
-def problems(task: str, rng: np.random.Generator | int, n: int) -> list[Problem]:
-    """`n` problems of `task` with their solutions (arithmetic: one trace ending in the answer line)."""
-    if task == "countdown":
-        return [Problem(task, countdown.prompt(p), p, countdown.solutions(p)) for p in countdown.generate(rng, n)]
-    return [
-        Problem(task, arithmetic.prompt(e), e, [arithmetic.format_solution(e).splitlines()])
-        for e in arithmetic.generate(rng, n)
-    ]
+def draw(task: Task, rng: np.random.Generator | int, n: int) -> list[Drawn]:
+    return [Drawn(task, p) for p in task.generate(rng, n)]
 
 
-def mixed(rng: np.random.Generator, n: int, countdown_share: float = 0.5) -> list[Problem]:
+def mixed(rng: np.random.Generator, n: int, countdown_share: float = 0.5) -> list[Drawn]:
     """`n` fresh problems, each a Countdown one with probability `countdown_share`, else arithmetic."""
     k = int(rng.binomial(n, countdown_share))
-    out = problems("countdown", rng, k) + problems("arithmetic", rng, n - k)
+    out = draw(TASKS["countdown"], rng, k) + draw(TASKS["arithmetic"], rng, n - k)
     return [out[i] for i in rng.permutation(n)]
+
+
+def random_solution(p: Drawn, rng: np.random.Generator) -> list[str]:
+    solutions = p.task.training.solutions(p.problem)
+    return solutions[int(rng.integers(len(solutions)))]
 
 
 def lm_batches(
@@ -124,7 +130,7 @@ def lm_batches(
         ids = np.zeros((batch, SEQ_LEN), np.int32)
         loss = np.zeros((batch, SEQ_LEN), np.float32)
         for row, p in enumerate(mixed(rng, batch, countdown_share)):
-            lines = p.solutions[int(rng.integers(len(p.solutions)))]
+            lines = random_solution(p, rng)
             prompt = [tok.bos_token_id] + tok.encode(p.prompt)
             trace = tok.encode("".join(f"{s}\n" for s in lines)) + [tok.eos_token_id]
             seq = (prompt + trace)[:SEQ_LEN]
@@ -133,7 +139,7 @@ def lm_batches(
         yield ids, ids != tok.pad_token_id, loss
 
 
-def prompt_array(tok: Any, batch: list[Problem]) -> tuple[np.ndarray, np.ndarray]:
+def prompt_array(tok: Any, batch: list[Drawn]) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded `[<bos>] + prompt` ids [B, PROMPT_LEN] and their mask."""
     ids = np.full((len(batch), PROMPT_LEN), tok.pad_token_id, np.int32)
     for row, p in enumerate(batch):
@@ -183,7 +189,7 @@ def sampled_steps(tokens: np.ndarray, lengths: np.ndarray, stops: np.ndarray, ro
 
 
 def sample_traces(
-    sampler: Callable, params: Any, tok: Any, key: jax.Array, batch_problems: list[Problem], batch: int = 256
+    sampler: Callable, params: Any, tok: Any, key: jax.Array, batch_problems: list[Drawn], batch: int = 256
 ) -> list[list[list[int]]]:
     """Sampled traces (lists of step token ids) for each problem, in batches of `batch` (padded)."""
     out = []
@@ -247,14 +253,14 @@ def train(
 class Scored:
     """A PRM example: ids of `[<bos>] prompt steps`, tag positions and their oracle labels."""
 
-    task: str
+    task: str  # the task's name
     ids: list[int]
     tags: list[int]
     labels: list[int]
     source: str
 
 
-def scored(tok: Any, p: Problem, steps: list[list[int]], source: str) -> Scored | None:
+def scored(tok: Any, p: Drawn, steps: list[list[int]], source: str) -> Scored | None:
     """Label a trace (step token ids) with the oracle; None when it has no complete step."""
     ids = [tok.bos_token_id] + tok.encode(p.prompt)
     tags = []
@@ -266,7 +272,7 @@ def scored(tok: Any, p: Problem, steps: list[list[int]], source: str) -> Scored 
     if not tags:
         return None
     lines = [tok.decode(s).rstrip("\n") for s in steps[: len(tags)]]
-    return Scored(p.task, ids, tags, p.labels(lines), source)
+    return Scored(p.task.name, ids, tags, p.labels(lines), source)
 
 
 def text_steps(tok: Any, lines: list[str]) -> list[list[int]]:
@@ -281,9 +287,9 @@ def prm_examples(
     for p, steps in zip(pool := mixed(rng, n_sampled), sample_traces(sampler, params, tok, key, pool), strict=True):
         examples.append(scored(tok, p, steps, "sampled"))
     for p in mixed(rng, n_other):
-        examples.append(scored(tok, p, text_steps(tok, p.corrupted(rng)), "corrupted"))
+        examples.append(scored(tok, p, text_steps(tok, p.task.training.corrupted(p.problem, rng)), "corrupted"))
     for p in mixed(rng, n_other):
-        examples.append(scored(tok, p, text_steps(tok, p.solutions[int(rng.integers(len(p.solutions)))]), "correct"))
+        examples.append(scored(tok, p, text_steps(tok, random_solution(p, rng)), "correct"))
     return [e for e in examples if e is not None]
 
 
@@ -331,10 +337,13 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
-def greedy_accuracy(sampler: Callable, params: Any, tok: Any, eval_problems: list[Problem]) -> float:
-    """Fraction of problems the LM's greedy trace solves exactly."""
+def greedy_accuracy(sampler: Callable, params: Any, tok: Any, eval_problems: list[Drawn]) -> float:
+    """Fraction of problems the LM's greedy trace gets right (`Task.correct`)."""
     traces = sample_traces(sampler, params, tok, jax.random.key(0), eval_problems)
-    solved = [p.solved([tok.decode(s).rstrip("\n") for s in t]) for p, t in zip(eval_problems, traces, strict=True)]
+    solved = [
+        p.task.correct(p.problem, [tok.decode(s).rstrip("\n") for s in t])
+        for p, t in zip(eval_problems, traces, strict=True)
+    ]
     return float(np.mean(solved))
 
 
@@ -387,14 +396,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--countdown-share must lie in [0, 1], got {args.countdown_share}")
     if args.seed == EVAL_SEED:
         parser.error(f"seed {EVAL_SEED} is reserved for evaluation")
-    command = "python -m models.train " + " ".join(
+    command = "python -m ppl.train " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("log_every", "lm")
     )
     out = Path(args.out)
     total_start = time.time()
     tok = build_tokenizer()
     lm_rng, prm_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(args.seed).spawn(2))
-    key_init, key_prm, key_eval = jax.random.split(jax.random.key(args.seed), 3)
+    key_prm, key_eval = jax.random.split(jax.random.key(args.seed), 3)[1:]  # the shipped recipe's keys
     good, bad = tok.convert_tokens_to_ids(["+", "-"])
 
     # LM
@@ -418,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     graphdef, lm_params = nnx.split(lm)
     greedy = make_sampler(graphdef, tok, 0.0)
     sampler = make_sampler(graphdef, tok, 1.0)
-    held_out = {task: problems(task, EVAL_SEED, args.eval_problems) for task in TASKS}
+    held_out = {name: draw(task, EVAL_SEED, args.eval_problems) for name, task in TASKS.items()}
     accuracy = {task: greedy_accuracy(greedy, lm_params, tok, ps) for task, ps in held_out.items()}
     print(f"LM greedy accuracy on held-out problems: {accuracy}", flush=True)
     if not args.lm:
@@ -454,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.time() - total_start
 
     common = {
-        "tokenizer": f"shipped byte-level BPE (`models.tokenizer.build_tokenizer`), {len(tok)} tokens",
+        "tokenizer": f"shipped byte-level BPE (`ppl.train.build_tokenizer`), {len(tok)} tokens",
         "seed": f"{args.seed} (NumPy `SeedSequence({args.seed}).spawn(2)` streams for data, "
         f"`jax.random.key({args.seed})` for sampling); held-out problems use `EVAL_SEED = {EVAL_SEED}`",
         "optimizer": "AdamW (weight decay 0.01), linear warmup then cosine decay to 10%, global-norm clip 1.0",

@@ -54,19 +54,19 @@ def main(argv: list[str] | None = None) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
-    from inference.search import SearchSpec
     from ppl.commands.shipped import load_models
+    from ppl.search import SearchSpec
     from ppl.solver import Solver
-    from ppl.tasks import countdown
-    from ppl.tasks.specs import TASKS
+    from ppl.tasks import TASKS
 
     devices = jax.devices()
     if args.particles % len(devices):
         sys.exit(f"--particles {args.particles} must be a multiple of the {len(devices)} devices")
     mesh = Mesh(np.array(devices), ("particles",))
     leader = jax.process_index() == 0
-    problems = countdown.read_problems(args.problems)
-    solver = Solver(TASKS["countdown"], *load_models())
+    task = TASKS["countdown"]
+    problems = task.read(args.problems)
+    solver = Solver(task, *load_models(task))
     spec = SearchSpec("pf", args.particles, mesh=mesh, islands=len(devices) if args.islands else 0)
     began = time.perf_counter()
     records = solver.solve(problems, spec, seed=args.seed)

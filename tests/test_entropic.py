@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from models_for_tests import YS, assert_close_in_mc_error, kalman, lg_init, lg_step
 
 from inference import SMC
-from inference.entropic import EntropicPF, temperature
+from inference.entropic import Entropic, EntropicPF, temperature
 from ppl import StateSpaceProgram
-from tests.models_for_tests import YS, assert_close_in_mc_error, kalman, lg_init, lg_step
 
 KEYS = jax.random.split(jax.random.PRNGKey(42), 100)
 PROGRAM = StateSpaceProgram(lg_init, lg_step, num_steps=len(YS))
@@ -27,7 +27,7 @@ def test_schedules_follow_their_formulas():
     np.testing.assert_allclose(temperature("entropy", log_w, 0.0), 2.0, rtol=1e-6)
     np.testing.assert_allclose(temperature("base", log_w, 0.5, tau0=3.0), 2.0, rtol=1e-6)
     with pytest.raises(ValueError, match="schedule"):
-        EntropicPF(PROGRAM, 4, schedule="linear")
+        Entropic(schedule="linear")
 
 
 @pytest.mark.parametrize(

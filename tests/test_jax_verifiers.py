@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from models.sampling import stop_table
-from models.tokenizer import build_tokenizer
 from ppl.errors import InputError
 from ppl.tasks import arithmetic, countdown
 from ppl.tasks import jax_verifiers as jv
+from ppl.train import build_tokenizer
 
 T = 40  # token slots per step
 MAX_OPS = 8
@@ -133,7 +133,7 @@ def test_solvable_matches_python():
         for target in (int(rng.choice(finals)), int(rng.integers(-2, 150)), 131073, 1957549312):
             pools.append(padded_pool(pool, rng))
             targets.append(target)
-            want.append(bool(countdown.p_solvable(pool, target)))
+            want.append(countdown.solvable(pool, target))
     got = jax.jit(jax.vmap(jv.countdown_solvable))(jnp.asarray(np.stack(pools)), jnp.asarray(targets))
     assert np.asarray(got).tolist() == want
     assert 300 < sum(want) < len(want) - 300
@@ -261,7 +261,8 @@ def run_arithmetic(encoded, steps, table):
 
 
 def test_arithmetic_rewards_match_step_labels(tok, table, arithmetic_traces):
-    encoded = jax.tree.map(lambda *xs: np.stack(xs), *(jv.encode_expression(e, MAX_OPS) for e, _ in arithmetic_traces))
+    encodings = [arithmetic.encode_expression(e, MAX_OPS) for e, _ in arithmetic_traces]
+    encoded = jax.tree.map(lambda *xs: np.stack(xs), *encodings)
     steps = np.stack([encode_lines(tok, t, steps=7) for _, t in arithmetic_traces])
     values, (rewards, dones) = (jax.tree.map(np.asarray, x) for x in run_arithmetic(encoded, steps, table))
     mixed = 0
@@ -280,7 +281,7 @@ def test_arithmetic_rewards_match_step_labels(tok, table, arithmetic_traces):
 def test_arithmetic_one_expression_many_particles(tok, table):
     """Shared encoding (in_axes None), particles at different lines with their own values, jit and vmap."""
     expr = "(((17+25)*3)-40)/2"
-    encoded = jv.encode_expression(expr, MAX_OPS)
+    encoded = arithmetic.encode_expression(expr, MAX_OPS)
     clean = [*arithmetic.solution_steps(expr), "answer 43"]
     lines = [*clean, "25+17=42", "3*42=126", "40-126=86", "answer 42", "42*3=125", "17+25=42"]
     index = [0, 1, 2, 3, 4, 0, 1, 2, 4, 1, 5]
@@ -297,13 +298,13 @@ def test_arithmetic_one_expression_many_particles(tok, table):
 
 
 def test_encode_expression_layout_and_limits():
-    enc = jv.encode_expression("(((17+25)*3)-40)/2", 6)
+    enc = arithmetic.encode_expression("(((17+25)*3)-40)/2", 6)
     assert enc.a_ref.tolist() == [6, 0, 1, 2, -1, -1] and enc.b_ref.tolist() == [7, 8, 9, 10, -1, -1]
     assert enc.op.tolist() == [0, 2, 1, 3, -1, -1] and enc.result.tolist() == [42, 126, 86, 43, -1, -1]
     assert enc.leaves.tolist() == [17, 25, 3, 40, 2, -1, -1] and int(enc.num_ops) == 4 and int(enc.value) == 43
     with pytest.raises(ValueError, match="max_ops"):
-        jv.encode_expression("1+2+3", 1)
+        arithmetic.encode_expression("1+2+3", 1)
     with pytest.raises(ValueError, match="digits"):
-        jv.encode_expression("99999*99999")
+        arithmetic.encode_expression("99999*99999")
     with pytest.raises(InputError):
-        jv.encode_expression("3-5")
+        arithmetic.encode_expression("3-5")

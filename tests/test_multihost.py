@@ -8,11 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from inference.search import SearchSpec
 from ppl.commands.shipped import load_models
+from ppl.search import SearchSpec
 from ppl.solver import Solver
-from ppl.tasks import countdown
-from ppl.tasks.specs import TASKS
+from ppl.tasks import TASKS, countdown
 
 ROOT = Path(__file__).parents[1]
 PROBLEM = {"numbers": [8, 5, 13, 8], "target": 33}
@@ -44,7 +43,7 @@ def test_two_processes_match_one(tmp_path):
     assert "2 processes, 4 devices, 4 particles" in logs[0]
     [distributed] = [json.loads(line) for line in out.read_text().splitlines()]
 
-    solver = Solver(TASKS["countdown"], *load_models())
+    solver = Solver(TASKS["countdown"], *load_models(TASKS["countdown"]))
     [single] = solver.solve(countdown.read_problems(problems), SearchSpec("pf", 4))
     assert distributed["steps"] == single["steps"]
     assert abs(distributed["confidence"] - single["confidence"]) < 1e-4

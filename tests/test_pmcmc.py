@@ -7,11 +7,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from numpyro.infer import MCMC
-
-from inference.pmcmc import PIMH, InteractingParticleGibbs, ParallelTemperingPG, ParticleGibbs, Reference, Slot
-from ppl import StateSpaceProgram
-from tests.models_for_tests import (
+from models_for_tests import (
     LENGTH,
     LOG_LM,
     VOCAB,
@@ -21,6 +17,10 @@ from tests.models_for_tests import (
     token_step,
     total_variation,
 )
+from numpyro.infer import MCMC
+
+from inference.pmcmc import PIMH, InteractingParticleGibbs, ParallelTemperingPG, ParticleGibbs, Reference, Slot
+from ppl import StateSpaceProgram
 
 PROGRAM = StateSpaceProgram(token_init, token_step, num_steps=LENGTH)
 CHAINS, WARMUP, SAMPLES = 4, 50, 400

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from models.prm import aggregate, load_prm
+from models.prm import load_prm
+from ppl.readout import aggregate
 
 CHECKPOINTS = Path(__file__).parent / "fixtures" / "checkpoints"
 

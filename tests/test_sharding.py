@@ -19,7 +19,7 @@ import pytest
 from jax.sharding import Mesh
 from models_for_tests import YS, assert_close_in_mc_error, kalman, lg_init, lg_step
 
-from inference import SMC
+from inference import SMC, Islands, Routed
 from inference.sharding import collective_bytes, route_plan
 from ppl import StateSpaceProgram
 
@@ -42,7 +42,7 @@ def test_global_resampling_gives_the_same_particles_on_1_and_8_devices():
         """
         import json, jax, jax.numpy as jnp, numpy as np
         from jax.sharding import Mesh
-        from inference import SMC, EntropicPF
+        from inference import SMC, EntropicPF, Routed
         from models.llama import Config, random_init
         from models.sampling import prefill
         from ppl import StateSpaceProgram
@@ -65,9 +65,8 @@ def test_global_resampling_gives_the_same_particles_on_1_and_8_devices():
         ]:
             for threshold, route in ((0.5, 0), (1.0, 0), (1.0, 2)):
                 one = SMC(program, 64, ess_threshold=threshold).run(jax.random.key(3), *args)
-                eight = SMC(program, 64, ess_threshold=threshold, mesh=mesh, route_capacity=route).run(
-                    jax.random.key(3), *args
-                )
+                strategy = Routed(route) if route else "systematic"
+                eight = SMC(program, 64, strategy, threshold, mesh=mesh).run(jax.random.key(3), *args)
                 pairs = list(zip(jax.tree.leaves(one.particles), jax.tree.leaves(eight.particles)))
                 report[f"{name}/{threshold}/route {route}"] = {
                     "same_ancestors": bool(np.array_equal(one.ancestors, eight.ancestors)),
@@ -113,7 +112,7 @@ def test_island_resampling_moves_no_particle_between_devices():
         from inference.sharding import (
             ParticlePlacement, collective_bytes, island_gather, island_resampler, routed_gather
         )
-        from inference.smc import adaptive_resampler
+        from inference.resampling import adaptive_resampler
 
         mesh = Mesh(np.array(jax.devices()), ("particles",))
         sharded = NamedSharding(mesh, PartitionSpec("particles"))
@@ -149,7 +148,7 @@ def test_island_resampling_moves_no_particle_between_devices():
 
 def test_islands_keep_the_log_evidence_unbiased():
     program = StateSpaceProgram(lg_init, lg_step, num_steps=len(YS))
-    smc = SMC(program, 32, ess_threshold=1.0, islands=4, exchange_every=2)
+    smc = SMC(program, 32, Islands(4, exchange_every=2), ess_threshold=1.0)
     keys = jax.random.split(jax.random.key(11), 400)
     results = jax.jit(jax.vmap(lambda k: smc.run_unchecked(k, YS)))(keys)
     log_lik, mean = kalman(YS)
@@ -166,15 +165,14 @@ def test_islands_keep_the_log_evidence_unbiased():
 
 def test_placement_errors_are_specific():
     program = StateSpaceProgram(lg_init, lg_step, num_steps=len(YS))
-    mesh = Mesh(np.array(jax.devices()[:1]), ("particles",))
-    with pytest.raises(ValueError, match="no axis 'data'"):
-        SMC(program, 8, mesh=mesh, mesh_axis="data")
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("model", "particles"))
+    assert SMC(program, 8, mesh=mesh).placement.axis == "particles"  # the particle axis by name, not position
     with pytest.raises(ValueError, match="must divide num_particles"):
-        SMC(program, 10, islands=4)
+        SMC(program, 10, Islands(4))
     with pytest.raises(ValueError, match="exchange_every"):
-        SMC(program, 8, islands=4, exchange_every=0)
-    with pytest.raises(ValueError, match="route_capacity applies to global resampling over a mesh"):
-        SMC(program, 8, route_capacity=2)
+        Islands(4, exchange_every=0)
+    with pytest.raises(ValueError, match="give the engine a mesh="):
+        SMC(program, 8, Routed(2))
 
 
 def test_collective_bytes_reads_hlo_shapes():

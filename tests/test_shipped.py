@@ -9,20 +9,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 import models
 from models.llama import Config, random_init
+from models.prm import load_prm
 from models.sampling import SamplingParams, generate, stop_table
 from models.saving import save_pretrained
-from models.tokenizer import build_tokenizer
-from models.train import EVAL_SEED
-from ppl.tasks import countdown
+from ppl.tasks import EVAL_SEED, countdown
+from ppl.train import build_tokenizer
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "shipped"
 LM, PRM = SHIPPED / "lm", SHIPPED / "prm"
 needs_shipped = pytest.mark.skipif(
     not all((d / "model.safetensors").is_file() for d in (LM, PRM)),
-    reason="models/shipped is not trained yet (python -m models.train --out models/shipped --seed 0)",
+    reason="models/shipped is not trained yet (python -m ppl.train --out models/shipped --seed 0)",
 )
 
 
@@ -73,21 +74,26 @@ def test_greedy_step_is_well_formed(lm):
 
 
 @needs_shipped
-def test_prm_probabilities_at_step_tags(prm):
-    model, tok = prm
+def test_prm_reward_is_the_good_minus_bad_logit_computed_by_hand():
+    """The shipped PRM's reward at each step's "\\n" is sigmoid((h_good - h_bad) . hidden), with the
+    two rows of the LM head read straight from the safetensors file, whole and step by step."""
     config = json.loads((PRM / "config.json").read_text())
-    keys = ("prm_type", "step_tag", "good_token", "bad_token")
-    assert tuple(config[k] for k in keys) == ("token", "\n", "+", "-")
-    good, bad = tok.convert_tokens_to_ids([config["good_token"], config["bad_token"]])
-    problem = countdown.Problem((3, 7, 12, 25), 34)
-    ids = list(_prompt(tok, problem)[0])
-    tags = []
-    for step in ("7*3=21", "25+21=46", "46-12=34"):
-        ids += tok.encode(step + "\n")
-        tags.append(len(ids) - 1)
-    logits = model(jnp.asarray([ids]))[0, jnp.asarray(tags)]
-    p_good = jax.nn.softmax(logits[:, jnp.asarray([good, bad])], axis=-1)[:, 0]
-    assert bool(jnp.all((p_good > 0) & (p_good < 1)))
+    assert tuple(config[k] for k in ("prm_type", "step_tag", "good_token", "bad_token")) == ("token", "\n", "+", "-")
+    prm, tok = load_prm(PRM)
+    head = load_file(PRM / "model.safetensors")["lm_head.weight"]
+    good, bad = tok.convert_tokens_to_ids(["+", "-"])
+    prompt = list(_prompt(tok, countdown.Problem((3, 7, 12, 25), 34))[0])
+    steps = [tok.encode(step + "\n") for step in ("7*3=21", "25+21=47", "46-12=34")]
+    ids = prompt + [t for step in steps for t in step]
+    tags = np.cumsum([len(step) for step in steps]) + len(prompt) - 1
+    hidden, _ = prm.model.hidden_states(jnp.asarray([ids]), prm.model.init_cache(1, len(ids)))
+    by_hand = 1 / (1 + np.exp(-(np.asarray(hidden[0, tags], np.float64) @ (head[good] - head[bad]).astype(np.float64))))
+    np.testing.assert_allclose(np.asarray(prm.rewards(jnp.asarray([ids])))[0, tags], by_hand, rtol=1e-5)
+    cache, rewards = prm.start(jnp.asarray([prompt]), None, len(ids)), []
+    for step in steps:  # incremental: score_step appends the tag "\n" itself
+        reward, cache = prm.score_step(cache, jnp.asarray([step[:-1]]), jnp.ones((1, len(step) - 1), bool))
+        rewards.append(float(reward[0]))
+    np.testing.assert_allclose(rewards, by_hand, rtol=1e-5)
 
 
 def test_save_pretrained_round_trip(tmp_path):
@@ -103,17 +109,3 @@ def test_save_pretrained_round_trip(tmp_path):
     ids = jnp.asarray([tok.encode("countdown 1 2 3 4 -> 10\n4*3=12\n")])
     np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(loaded(ids)))
     assert loaded_tok.encode("12+3=15\n") == tok.encode("12+3=15\n")
-
-
-@needs_shipped
-@pytest.mark.parametrize("path", [LM, PRM])
-def test_transformers_gives_same_logits(path):
-    torch = pytest.importorskip("torch")
-    from transformers import AutoModelForCausalLM
-
-    ours, tok = models.load(path)
-    theirs = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    ids = [tok.bos_token_id, *tok.encode("arithmetic (3+4)*5\n3+4=7\n7*5=35\nanswer 35\n")]
-    with torch.no_grad():
-        expected = theirs(torch.tensor([ids])).logits.numpy()
-    np.testing.assert_allclose(np.asarray(ours(jnp.asarray([ids]))), expected, atol=1e-4, rtol=0)

@@ -10,11 +10,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from scipy.stats import norm
-
-from inference import SMC, WeightError
-from ppl import StateSpaceProgram
-from tests.models_for_tests import (
+from models_for_tests import (
     EMIT,
     LENGTH,
     LOG_LM,
@@ -35,6 +31,10 @@ from tests.models_for_tests import (
     token_step,
     total_variation,
 )
+from scipy.stats import norm
+
+from inference import SMC, Entropic, WeightError, WeightStatus, smc
+from ppl import StateSpaceProgram
 
 NUM_SEEDS = 200
 KEYS = jax.random.split(jax.random.PRNGKey(42), NUM_SEEDS)
@@ -208,6 +208,25 @@ def test_same_key_same_bits_and_keys_matter():
     assert not np.array_equal(np.asarray(first.ancestors), np.asarray(other.ancestors))
     draws = first.sample(jax.random.PRNGKey(0), 5)
     assert draws["x"].shape == (5,) and np.all(np.isin(np.asarray(draws["x"]), np.asarray(first.particles["x"])))
+
+
+@pytest.mark.parametrize("resampling", ["systematic", Entropic("base", tau0=3.0, early_phase=1.0)])
+def test_functional_init_and_step_are_the_run_one_step_at_a_time(resampling):
+    """A hand-written loop over ``smc.init``/``smc.step`` gives the class's run: the same ancestors,
+    the same floats up to the operation order of an eager loop against one compiled scan."""
+    program = StateSpaceProgram(lg_init, lg_step, num_steps=len(YS))
+    expected = SMC(program, 16, resampling, ess_threshold=0.7).run(jax.random.PRNGKey(7), YS)
+    init_key, scan_key = jax.random.split(jax.random.PRNGKey(7))
+    state, status = smc.init(program, init_key, 16, YS)
+    ancestors = []
+    for t, key in enumerate(jax.random.split(scan_key, program.num_steps)):
+        state, info = smc.step(program, state, key, t, YS, resampling=resampling, ess_threshold=0.7)
+        ancestors.append(info.ancestors)
+    assert int(status) == WeightStatus.OK
+    np.testing.assert_array_equal(np.stack(ancestors), expected.ancestors)
+    np.testing.assert_allclose(state.particles["x"], expected.particles["x"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state.log_weights, expected.log_weights, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(state.log_evidence, expected.log_evidence, rtol=1e-5)
 
 
 def test_compiles_once_per_shapes():

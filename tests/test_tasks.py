@@ -98,9 +98,7 @@ def test_oracle_agrees_with_brute_force():
         target = int(rng.integers(1, 120))
         expected = brute_reachable(pool, target)
         assert countdown.solvable(pool, target) == expected
-        assert countdown.p_solvable(pool, target, steps_left=size - 1) == float(expected)
-    assert countdown.p_solvable((3, 7, 12, 25), 34) == 1.0
-    assert countdown.p_solvable((3, 7, 12, 25), 34, steps_left=2) == 0.0
+    assert countdown.solvable((3, 7, 12, 25), 34)
 
 
 def test_step_labels_match_oracle_on_corrupted_traces(problems):
@@ -311,7 +309,7 @@ def test_arithmetic_read_problems(tmp_path, bad, words):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from models.tokenizer import build_tokenizer
+    from ppl.train import build_tokenizer
 
     return build_tokenizer()
 
@@ -333,10 +331,9 @@ def test_tokenizer_round_trip_and_digits(tokenizer):
 
 
 def test_tokenizer_step_delimiter(tokenizer):
-    from models.tokenizer import step_end_ids
-
     newline = tokenizer.convert_tokens_to_ids("Ċ")
-    assert step_end_ids(tokenizer) == [newline]
+    with_newline = [i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.convert_tokens_to_string([t])]
+    assert with_newline == [newline]  # the step delimiter is one token, and no other token holds it
     ids = tokenizer.encode(arithmetic.format_solution("(((17+25)*3)-40)/2"))
     assert ids.count(newline) == 5 and ids[-1] == newline
 
@@ -344,7 +341,7 @@ def test_tokenizer_step_delimiter(tokenizer):
 def test_tokenizer_is_deterministic_and_loads_with_auto(tokenizer, tmp_path):
     from transformers import AutoTokenizer
 
-    from models.tokenizer import build_tokenizer
+    from ppl.train import build_tokenizer
 
     assert build_tokenizer().get_vocab() == tokenizer.get_vocab()
     tokenizer.save_pretrained(tmp_path)

@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from ppl.commands.shipped import PRM_KINDS
 from ppl.errors import InputError
 
-EVAL_SEED = 1000  # the held-out problems: training never draws from this seed (models/train.py)
 SAMPLING_FAMILY = ("bon", "wbon", "majority", "wmajority")  # share one run per budget
 SELECTING = ("beam", "pf", "epf", "pg")  # select particles between steps: a run each
 
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--full", action="store_true", help="200 problems per task (slower, tighter figures)")
     demo.add_argument("--budgets", default="1,2,4,8,16,32,64", help="comma-separated particle budgets")
     demo.add_argument("--tasks", default="countdown,arithmetic", help="comma-separated tasks")
-    demo.add_argument("--prm", choices=("learned", "oracle"), default="learned")
+    demo.add_argument("--prm", choices=PRM_KINDS, default="learned")
     demo.add_argument("--out", default="demo_out", help="directory for demo.json and demo.png")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=run)
@@ -68,11 +68,10 @@ def summarise(records: list[dict]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference.search import SearchSpec
     from ppl.commands.shipped import load_models
+    from ppl.search import SearchSpec
     from ppl.solver import Solver
-    from ppl.tasks import arithmetic, countdown
-    from ppl.tasks.specs import TASKS
+    from ppl.tasks import TASKS
 
     budgets = _parse_list(args.budgets, int, "budgets")
     tasks = _parse_list(args.tasks, str, "tasks")
@@ -84,13 +83,11 @@ def run(args: argparse.Namespace) -> int:
     count = 200 if args.full else args.problems
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lm, tokenizer, prm = load_models(prm=args.prm)
-    generators = {"countdown": countdown.generate, "arithmetic": arithmetic.generate}
     rows, compile_seconds = [], {}
     began = time.perf_counter()
     for task in tasks:
-        problems = generators[task](EVAL_SEED, count)
-        solver = Solver(TASKS[task], lm, tokenizer, prm)
+        problems = TASKS[task].generate(TASKS[task].eval_seed, count)
+        solver = Solver(TASKS[task], *load_models(TASKS[task], args.prm))
         runs = [(SearchSpec("greedy", 1), ("greedy",), 1)]
         for n in budgets:
             runs.append((SearchSpec("bon", n), SAMPLING_FAMILY, n))
@@ -101,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
             for method in methods:
                 rows.append({"task": task, "method": method, "budget": n, **summarise(results[method])})
         compile_seconds[task] = solver.compile_seconds
-    figures = {"problems_per_task": count, "eval_seed": EVAL_SEED, "prm": args.prm, "rows": rows,
-               "seconds_total": time.perf_counter() - began, "compile_seconds": compile_seconds}
+    figures = {
+        "problems_per_task": count, "eval_seed": {task: TASKS[task].eval_seed for task in tasks}, "prm": args.prm,
+        "rows": rows, "seconds_total": time.perf_counter() - began, "compile_seconds": compile_seconds,
+    }
     (out_dir / "demo.json").write_text(json.dumps(figures, indent=2))
     print(table(rows))
     plot(rows, out_dir / "demo.png", count)

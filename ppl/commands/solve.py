@@ -8,14 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+from ppl.commands.shipped import PRM_KINDS
 from ppl.errors import InputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from inference.entropic import SCHEDULES
-    from inference.search import METHODS
+    from ppl.search import METHODS
+    from ppl.tasks import TASKS
 
-    for task in ("countdown", "arithmetic"):
+    for task in TASKS:
         group = subparsers.add_parser(task, help=f"{task} problems")
         commands = group.add_subparsers(dest="action", required=True)
         solve = commands.add_parser("solve", help=f"solve {task} problems from a JSONL file")
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         solve.add_argument("--method", required=True, choices=METHODS)
         solve.add_argument("--particles", type=int, default=16, help="budget N: particles, samples or beams")
         solve.add_argument("--out", required=True, help="output JSONL")
-        solve.add_argument("--prm", choices=("learned", "oracle"), default="learned")
+        solve.add_argument("--prm", choices=PRM_KINDS, default="learned")
         solve.add_argument("--seed", type=int, default=0)
         solve.add_argument("--form", choices=("bernoulli", "twist", "replace"), default="bernoulli",
                            help="how the particle filter uses the PRM")
@@ -36,21 +38,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference.search import SearchSpec
     from ppl.commands.shipped import load_models
+    from ppl.search import SearchSpec
     from ppl.solver import Solver
-    from ppl.tasks import arithmetic, countdown
-    from ppl.tasks.specs import TASKS
+    from ppl.tasks import TASKS
 
     if args.particles < 1:
         raise InputError(f"--particles must be at least 1, got {args.particles}")
-    reader = {"countdown": countdown.read_problems, "arithmetic": arithmetic.read_problems}[args.task]
-    problems = reader(args.problems)
+    task = TASKS[args.task]
+    problems = task.read(args.problems)
     out = Path(args.out)
     if out.parent and not out.parent.exists():
         raise InputError(f"output directory {out.parent} does not exist")
     spec = SearchSpec(args.method, args.particles, form=args.form, schedule=args.schedule, lookahead=args.lookahead)
-    solver = Solver(TASKS[args.task], *load_models(args.lm_path, args.prm, args.prm_path))
+    solver = Solver(task, *load_models(task, args.prm, args.lm_path, args.prm_path))
     began = time.perf_counter()
 
     def progress(done: int, total: int) -> None:

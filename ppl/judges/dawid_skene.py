@@ -35,7 +35,6 @@ from ppl.errors import PPLError
 from ppl.judges.data import Labels
 from ppl.judges.infer import Fit, fit, interval, to_inference_data
 
-MODELS = ("dawid-skene", "one-coin", "majority")
 PRIORS = ("hierarchical", "flat", "one-coin")
 
 

@@ -14,8 +14,6 @@ import pandas as pd
 
 from ppl.judges.infer import Fit, interval, to_inference_data
 
-RANK_COLUMNS = ("candidate", "quality_mean", "ci_low", "ci_high", "rank", "p_rank1")
-
 
 def rank_probabilities(draws: np.ndarray) -> np.ndarray:
     """P(rank = r) per candidate, shape (candidates, candidates); rank 1 = best (highest quality)."""

@@ -39,11 +39,16 @@ from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from models.sampling import SamplingParams
 from ppl.errors import InputError
+from ppl.tasks import jax_verifiers
 from ppl.tasks.countdown import Step, miswrite, parse_step
 from ppl.tasks.jsonl import read_jsonl
+from ppl.tasks.task import Task, Training, Verifier
 
 NUM_OPS = (3, 4)
 LEAF_RANGE = (2, 30)
@@ -316,3 +321,86 @@ def read_problems(path: str | PathLike) -> list[str]:
     Raises InputError with a one-line message (`line 3: ...` for a bad line).
     """
     return read_jsonl(path, _problem_from_json)
+
+
+def encode_expression(expr: str | Node, max_ops: int = 8) -> jax_verifiers.EncodedExpression:
+    """Host-side: the post-order operations of `expr` as padded int32 arrays for `jax_verifiers.arithmetic_step_reward`.
+
+    Raises InputError for an invalid expression (as `evaluate`) and
+    ValueError when it has more than `max_ops` operations or a number >= 10**9.
+    """
+    tree = parse(expr) if isinstance(expr, str) else expr
+    steps = solution_steps(tree)  # validates: exact, non-negative
+    if len(steps) > max_ops:
+        raise ValueError(f"{len(steps)} operations, more than max_ops={max_ops}")
+    rows: list[tuple[int, int, int, int]] = []
+    leaves: list[int] = []
+
+    def walk(node: Node) -> tuple[int, int]:
+        """(ref, value) of `node`, appending its operations in post-order."""
+        if isinstance(node, int):
+            leaves.append(node)
+            return max_ops + len(leaves) - 1, node
+        (a_ref, a), (b_ref, b) = walk(node.left), walk(node.right)
+        c = combine(a, node.op, b)
+        rows.append((a_ref, OPS.index(node.op), b_ref, c))
+        return len(rows) - 1, c
+
+    value = walk(tree)[1]
+    if max([value, *leaves, *(r[3] for r in rows)]) >= 10**jax_verifiers.NUMBER_DIGITS:
+        raise ValueError(f"a number of the expression has more than {jax_verifiers.NUMBER_DIGITS} digits")
+    table = np.full((max_ops, 4), -1, np.int32)
+    table[: len(rows)] = np.asarray(rows, np.int32).reshape(-1, 4)
+    padded_leaves = np.full(max_ops + 1, -1, np.int32)
+    padded_leaves[: len(leaves)] = leaves
+    return jax_verifiers.EncodedExpression(
+        a_ref=table[:, 0],
+        op=table[:, 1],
+        b_ref=table[:, 2],
+        result=table[:, 3],
+        leaves=padded_leaves,
+        num_ops=np.int32(len(rows)),
+        value=np.int32(value),
+    )
+
+
+class ArithmeticVerifier(NamedTuple):
+    """1 iff the line is the next correct operation (or the correct answer) given the previous lines."""
+
+    token_bytes: jax.Array
+
+    @staticmethod
+    def context(expression: str) -> tuple:
+        encoded = encode_expression(expression)
+        values = jnp.full((1, encoded.a_ref.shape[0]), jax_verifiers.EMPTY, jnp.int32)
+        return jax.tree.map(lambda x: jnp.asarray(x)[None], encoded), values, jnp.zeros((1,), jnp.int32)
+
+    def score_step(self, judge, tokens, mask):
+        encoded, values, index = judge
+        check = jax.vmap(jax_verifiers.arithmetic_step_reward, in_axes=(0, 0, 0, 0, None))
+        reward, values, _ = check(encoded, index, values, tokens, self.token_bytes)
+        return reward, (encoded, values, index + 1)
+
+
+def _answer(expression: str, steps: list[str]) -> int | None:
+    return answer_from_trace("\n".join(steps) + "\n")
+
+
+TASK = Task(
+    name="arithmetic",
+    generate=generate,
+    read=read_problems,
+    prompt=prompt,
+    answer=_answer,
+    correct=lambda e, steps: _answer(e, steps) == evaluate(e),
+    record=lambda e: {"expression": e},
+    max_steps=5,
+    params=SamplingParams(temperature=1.0, max_tokens=12),
+    final_prefix="answer",
+    verifier=Verifier(ArithmeticVerifier, ArithmeticVerifier.context),
+    training=Training(
+        solutions=lambda e: [format_solution(e).splitlines()],
+        step_labels=step_labels,
+        corrupted=corrupted_trace,
+    ),
+)

@@ -29,10 +29,15 @@ from functools import lru_cache
 from os import PathLike
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from models.sampling import SamplingParams
 from ppl.errors import InputError
+from ppl.tasks import jax_verifiers
 from ppl.tasks.jsonl import read_jsonl
+from ppl.tasks.task import Task, Training, Verifier
 
 NUM_NUMBERS = 4
 NUMBER_RANGE = (1, 25)
@@ -150,17 +155,6 @@ def _finals(pool: Pool) -> frozenset[int]:
 def solvable(pool: Sequence[int], target: int) -> bool:
     """Whether the pool can be reduced, step by step, to the single number `target`."""
     return len(pool) > 0 and target in _finals(tuple(sorted(pool)))
-
-
-def p_solvable(pool: Sequence[int], target: int, steps_left: int | None = None) -> float:
-    """Exact P(solvable | pool, target): 1.0 or 0.0, the game being deterministic.
-
-    `steps_left` caps the remaining steps (default: as many as the pool needs,
-    `len(pool) - 1`); a pool needing more steps than that cannot be solved.
-    """
-    if steps_left is not None and len(pool) - 1 > steps_left:
-        return 0.0
-    return 1.0 if solvable(pool, target) else 0.0
 
 
 def solutions(problem: Problem) -> list[list[str]]:
@@ -318,3 +312,41 @@ def read_problems(path: str | PathLike) -> list[Problem]:
     Raises InputError with a one-line message (`line 3: ...` for a bad line).
     """
     return read_jsonl(path, _problem_from_json)
+
+
+class CountdownVerifier(NamedTuple):
+    """P(solvable | pool after the step): 1 iff the step is legal and the target stays reachable."""
+
+    token_bytes: jax.Array
+
+    @staticmethod
+    def context(problem: Problem) -> tuple[jax.Array, jax.Array]:
+        return jnp.asarray([problem.numbers], jnp.int32), jnp.asarray([problem.target], jnp.int32)
+
+    def score_step(self, judge, tokens, mask):
+        pool, target = judge
+        check = jax.vmap(jax_verifiers.countdown_step_reward, in_axes=(0, 0, 0, None))
+        reward, pool, _ = check(pool, target, tokens, self.token_bytes)
+        return reward, (pool, target)
+
+
+def _answer(problem: Problem, steps: list[str]) -> tuple[str, ...] | None:
+    """A solution's class: its steps as a set (the same solution in another order is the same answer)."""
+    if len(steps) != NUM_NUMBERS - 1 or any(parse_step(s) is None for s in steps):
+        return None
+    return tuple(sorted(steps))
+
+
+TASK = Task(
+    name="countdown",
+    generate=generate,
+    read=read_problems,
+    prompt=prompt,
+    answer=_answer,
+    correct=verify,
+    record=lambda p: {"numbers": list(p.numbers), "target": p.target},
+    max_steps=NUM_NUMBERS - 1,
+    params=SamplingParams(temperature=1.0, max_tokens=12),
+    verifier=Verifier(CountdownVerifier, CountdownVerifier.context),
+    training=Training(solutions=solutions, step_labels=step_labels, corrupted=corrupted_trace),
+)

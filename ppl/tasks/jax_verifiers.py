@@ -1,5 +1,7 @@
 """Exact, jittable step checkers for Countdown and arithmetic (a verifier PRM on device).
 
+The task modules wrap them as their `Verifier`s (`countdown.TASK.verifier`, `arithmetic.TASK.verifier`).
+
 A step arrives as token ids (`[T]` int32, -1 padded) together with a token-bytes
 table (`StopTable.token_bytes`, `[V, Lmax]` int32, -1 padded). Everything here
 is fixed-shape array code with no host callbacks and no Python loops over data,
@@ -19,7 +21,7 @@ Integers are int32 (x64 off). Countdown arithmetic whose result would exceed
 2**31 - 1 is treated as illegal and written numbers of 10 digits match
 nothing, so the checkers agree with the Python rules whenever every number
 stays below 10**9 (the shipped distribution stays below 25**4); arithmetic
-expressions with a number of 10**9 or more are refused by `encode_expression`.
+expressions with a number of 10**9 or more are refused by `arithmetic.encode_expression`.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from ppl.tasks import arithmetic
 
 INT_MAX = np.iinfo(np.int32).max
 NUMBER_DIGITS = 9  # longest number read exactly; longer ones read as -1
@@ -229,47 +229,6 @@ def countdown_step_reward(
 
 
 # ---------------------------------------------------------------- arithmetic
-
-
-def encode_expression(expr: str | arithmetic.Node, max_ops: int = 8) -> EncodedExpression:
-    """Host-side: the post-order operations of `expr` as padded int32 arrays for `arithmetic_step_reward`.
-
-    Raises InputError for an invalid expression (as `arithmetic.evaluate`) and
-    ValueError when it has more than `max_ops` operations or a number >= 10**9.
-    """
-    tree = arithmetic.parse(expr) if isinstance(expr, str) else expr
-    steps = arithmetic.solution_steps(tree)  # validates: exact, non-negative
-    if len(steps) > max_ops:
-        raise ValueError(f"{len(steps)} operations, more than max_ops={max_ops}")
-    rows: list[tuple[int, int, int, int]] = []
-    leaves: list[int] = []
-
-    def walk(node: arithmetic.Node) -> tuple[int, int]:
-        """(ref, value) of `node`, appending its operations in post-order."""
-        if isinstance(node, int):
-            leaves.append(node)
-            return max_ops + len(leaves) - 1, node
-        (a_ref, a), (b_ref, b) = walk(node.left), walk(node.right)
-        c = arithmetic.combine(a, node.op, b)
-        rows.append((a_ref, arithmetic.OPS.index(node.op), b_ref, c))
-        return len(rows) - 1, c
-
-    value = walk(tree)[1]
-    if max([value, *leaves, *(r[3] for r in rows)]) >= 10**NUMBER_DIGITS:
-        raise ValueError(f"a number of the expression has more than {NUMBER_DIGITS} digits")
-    table = np.full((max_ops, 4), -1, np.int32)
-    table[: len(rows)] = np.asarray(rows, np.int32).reshape(-1, 4)
-    padded_leaves = np.full(max_ops + 1, -1, np.int32)
-    padded_leaves[: len(leaves)] = leaves
-    return EncodedExpression(
-        a_ref=table[:, 0],
-        op=table[:, 1],
-        b_ref=table[:, 2],
-        result=table[:, 3],
-        leaves=padded_leaves,
-        num_ops=np.int32(len(rows)),
-        value=np.int32(value),
-    )
 
 
 def arithmetic_step_reward(

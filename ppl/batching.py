@@ -1,0 +1,36 @@
+"""Prompts in fixed shapes: token ids padded to a length bucket, problems in fixed-size chunks,
+so a run over hundreds of problems compiles once per (method, budget, bucket)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+PROMPT_BUCKET = 16  # prompt lengths are padded up to a multiple of this
+PARTICLE_ROWS = 1024  # particles run together: problems per chunk = PARTICLE_ROWS // particles
+
+
+def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`[bos] + text` ids of each prompt, left-padded to a bucket: tokens and mask [P, 1, width]
+    (left padding, so every prompt ends where its trace begins)."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = [bos + tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    width = -(-max(len(x) for x in ids) // PROMPT_BUCKET) * PROMPT_BUCKET
+    tokens = np.zeros((len(ids), 1, width), np.int32)
+    mask = np.zeros((len(ids), 1, width), bool)
+    for i, x in enumerate(ids):
+        tokens[i, 0, width - len(x):] = x
+        mask[i, 0, width - len(x):] = True
+    return tokens, mask
+
+
+def chunks(num_problems: int, particles: int) -> Iterator[tuple[list[int], list[int]]]:
+    """`(chunk, padded)` index lists covering the problems in order: `chunk` the problems of one
+    run, `padded` the same with its last problem repeated up to the fixed chunk size (a power of
+    two no larger than needed, at most `PARTICLE_ROWS // particles`)."""
+    size = min(max(1, PARTICLE_ROWS // particles), 1 << (num_problems - 1).bit_length())
+    for start in range(0, num_problems, size):
+        chunk = list(range(start, min(start + size, num_problems)))
+        yield chunk, chunk + [chunk[-1]] * (size - len(chunk))
