@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = (
     "ppl.commands.demo",
     "ppl.commands.solve",
+    "ppl.commands.grade",
     "ppl.judges.cli",
 )
 
