@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -201,6 +201,47 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise CheckpointError(f"{path} has no tokenizer files (tokenizer.json, tokenizer.model or vocab.json)")
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+
+
+class GenerationDefaults(NamedTuple):
+    """How the checkpoint's authors sample from it (`generation_config.json`, else the tokenizer)."""
+
+    eos_ids: tuple[int, ...]  # every id that ends a generation
+    temperature: float
+    top_p: float
+    top_k: int
+
+
+def generation_defaults(path: str | os.PathLike, tokenizer: Any) -> GenerationDefaults:
+    """The checkpoint's EOS ids (all of them) and sampling settings; transformers' defaults where it gives none
+    (temperature 1, top-p 1, no top-k; greedy checkpoints, `do_sample: false`, keep temperature 1)."""
+    file = _directory(path) / "generation_config.json"
+    config = {}
+    if file.is_file():
+        try:
+            config = json.loads(file.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{file} is not valid JSON: {err}") from None
+    eos = config.get("eos_token_id", tokenizer.eos_token_id)
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+        eos.append(tokenizer.eos_token_id)
+    return GenerationDefaults(
+        tuple(int(i) for i in eos),
+        float(config.get("temperature") or 1.0),
+        float(config.get("top_p") or 1.0),
+        int(config.get("top_k") or 0),
+    )
+
+
+def checkpoint_dtype(path: str | os.PathLike) -> jnp.dtype:
+    """The dtype the checkpoint's weights are stored in (config.json's `dtype`/`torch_dtype`; float32 if unset)."""
+    raw = json.loads((_directory(path) / "config.json").read_text())
+    name = raw.get("dtype") or raw.get("torch_dtype") or "float32"
+    try:
+        return jnp.dtype(name)
+    except TypeError:
+        raise CheckpointError(f"{path}/config.json names an unknown dtype {name!r}") from None
 
 
 def load(path: str | os.PathLike, dtype: Any = jnp.float32) -> tuple[Llama, Any]:

@@ -13,10 +13,15 @@ PARTICLE_ROWS = 1024  # particles run together: problems per chunk = PARTICLE_RO
 
 
 def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """`[bos] + text` ids of each prompt, left-padded to a bucket: tokens and mask [P, 1, width]
-    (left padding, so every prompt ends where its trace begins)."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    ids = [bos + tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    """The ids of each prompt text, left-padded to a bucket: tokens and mask [P, 1, width]
+    (left padding, so every prompt ends where its trace begins).
+
+    Special tokens in the text (a chat template's) are read as such; BOS is prepended unless
+    the text already starts with it, so a template that writes its own BOS gets exactly one.
+    """
+    bos = tokenizer.bos_token_id
+    ids = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+    ids = [x if bos is None or x[:1] == [bos] else [bos, *x] for x in ids]
     width = -(-max(len(x) for x in ids) // PROMPT_BUCKET) * PROMPT_BUCKET
     tokens = np.zeros((len(ids), 1, width), np.int32)
     mask = np.zeros((len(ids), 1, width), bool)
@@ -26,11 +31,13 @@ def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> tuple[np.ndarray, np
     return tokens, mask
 
 
-def chunks(num_problems: int, particles: int) -> Iterator[tuple[list[int], list[int]]]:
+def chunks(
+    num_problems: int, particles: int, rows: int = PARTICLE_ROWS
+) -> Iterator[tuple[list[int], list[int]]]:
     """`(chunk, padded)` index lists covering the problems in order: `chunk` the problems of one
     run, `padded` the same with its last problem repeated up to the fixed chunk size (a power of
-    two no larger than needed, at most `PARTICLE_ROWS // particles`)."""
-    size = min(max(1, PARTICLE_ROWS // particles), 1 << (num_problems - 1).bit_length())
+    two no larger than needed, at most `rows // particles`)."""
+    size = min(max(1, rows // particles), 1 << (num_problems - 1).bit_length())
     for start in range(0, num_problems, size):
         chunk = list(range(start, min(start + size, num_problems)))
         yield chunk, chunk + [chunk[-1]] * (size - len(chunk))

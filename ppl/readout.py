@@ -20,6 +20,7 @@ from ppl.search import SELECTION, SearchResult
 from ppl.tasks import Task
 
 AGGREGATIONS = ("last", "min", "prod")
+TOP_CLASSES = 5  # answer classes listed in an output line
 
 
 def aggregate(rewards: Any, valid: Any, how: str = "last") -> Any:
@@ -67,25 +68,41 @@ def collapsed(result: SearchResult, row: int) -> bool:
 
 
 def answer_record(
-    task: Task, problem: Any, token_bytes: np.ndarray, result: SearchResult, row: int, method: str
+    task: Task,
+    problem: Any,
+    token_bytes: np.ndarray,
+    result: SearchResult,
+    row: int,
+    method: str,
+    aggregation: str | None = None,
 ) -> dict:
     """The output line of `problem` (row `row` of `result`) read out by `method`'s selection rule:
-    the problem's fields plus `steps`, `answer`, `confidence`, `correct`, `tokens`, `method`."""
+    the problem's fields plus `steps`, `answer`, `confidence`, `classes` (the top answer classes and
+    their posterior mass), `correct` (unless the problem has no gold), `tokens` and `method`.
+    `aggregation` overrides the method's PRM aggregation (`last`, `min`, `prod`)."""
     rule, how = SELECTION[method]
     texts = particle_texts(token_bytes, result, row)
     answers = [task.answer(problem, t) for t in texts]
-    scores = trace_scores(result, row, how)
+    if task.classes is not None:
+        answers = task.classes(answers)
+    scores = trace_scores(result, row, aggregation or how)
     posterior = answer_posterior(answers, votes(rule, scores, result.log_weights[row], len(texts)))
     chosen = posterior.chosen_trace if posterior.chosen_trace is not None else int(np.argmax(scores))
+    collapsed_ = collapsed(result, row)
     record = task.record(problem)
     record.update(
         steps=texts[chosen],
         answer=_jsonable(posterior.best),
-        confidence=0.0 if collapsed(result, row) else posterior.confidence,
-        correct=bool(task.correct(problem, texts[chosen])),
-        tokens=int(np.sum(result.deterministic["step.length"][row])),
-        method=method,
+        confidence=0.0 if collapsed_ else posterior.confidence,
+        classes=[] if collapsed_ else [
+            {"answer": _jsonable(a), "mass": round(float(p), 6)}
+            for a, p in zip(posterior.answers[:TOP_CLASSES], posterior.probs, strict=False)
+        ],
     )
+    correct = task.correct(problem, texts[chosen])
+    if correct is not None:
+        record["correct"] = bool(correct)
+    record.update(tokens=int(np.sum(result.deterministic["step.length"][row])), method=method)
     return record
 
 

@@ -153,7 +153,13 @@ def write_step(
 
 
 def observe_prm(
-    name: str, prm: Any, trace: Trace, form: str = "bernoulli", beta: float = 1.0, prompt: Any = None
+    name: str,
+    prm: Any,
+    trace: Trace,
+    form: str = "bernoulli",
+    beta: float = 1.0,
+    prompt: Any = None,
+    hidden_at_end: jax.Array | None = None,
 ) -> Trace:
     """The PRM's verdict on the latest step, as a likelihood of the given `form`.
 
@@ -161,12 +167,17 @@ def observe_prm(
     verifier). `beta` tempers the likelihood (for `replace` it divides the logit,
     i.e. it is 1/tau). `prompt`: the PRM's shared prompt cache of a trace started
     with `share_prompt=True` (a verifier's context is not a cache and is ignored).
+    `hidden_at_end` [V] bool: tokens a model PRM does not see at the end of a step
+    (the delimiter's whitespace, EOS), so that it reads the step's text and then its
+    own step tag, as in its training format.
     """
     if form not in FORMS:
         raise ValueError(f"PRM form must be one of {FORMS}, got {form!r}")
     tokens, mask = trace.last_step
     if isinstance(trace.judge, KVCache):  # a model PRM: its cache follows the trace's prompt sharing
         _check_prompt(trace, prompt, f"observe_prm({name!r})")
+        if hidden_at_end is not None:
+            mask = strip_end(tokens, mask, hidden_at_end)
         reward, judge = prm.score_step(trace.judge, tokens, mask, prefix=prompt)
     else:  # a verifier (or any PRM whose state is not a cache): nothing to share
         reward, judge = prm.score_step(trace.judge, tokens, mask)
@@ -185,3 +196,10 @@ def observe_prm(
     slot = jnp.maximum(trace.num_steps - 1, 0)
     rows = jnp.arange(reward.shape[0])
     return trace._replace(judge=judge, rewards=trace.rewards.at[rows, slot].set(reward), log_reward=log_r)
+
+
+def strip_end(tokens: jax.Array, mask: jax.Array, hidden: jax.Array) -> jax.Array:
+    """`mask` [B, T] without the trailing run of tokens for which `hidden` [V] is True."""
+    shown = mask & ~hidden[jnp.maximum(tokens, 0)]
+    end = jnp.max(jnp.where(shown, jnp.arange(tokens.shape[1]) + 1, 0), axis=1)
+    return mask & (jnp.arange(tokens.shape[1])[None, :] < end[:, None])

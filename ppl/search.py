@@ -162,6 +162,8 @@ def reasoning_program(
     beta: float = 1.0,
     is_final: Callable[[jax.Array], jax.Array] | None = None,
     share_prompt: bool = True,
+    max_trace_tokens: int | None = None,
+    hidden_at_end: jax.Array | None = None,
 ) -> StateSpaceProgram:
     """prompt -> steps -> answer: the LM writes a step, the PRM judges it, until done.
 
@@ -170,7 +172,9 @@ def reasoning_program(
     two models. With `share_prompt` (default) the prompt's caches are shared by all
     particles and stored once; otherwise each particle copies them (the caches
     passed in must then have room for the steps).
-    `is_final(step_tokens [1, T]) -> [1] bool` marks a final step.
+    `is_final(step_tokens [1, T]) -> [1] bool` marks a final step; a trace also ends at
+    the first step that brings its tokens to `max_trace_tokens`. `hidden_at_end`: see
+    `reasoning.observe_prm`.
     """
 
     def init(lm_state, judge, lm, prm):
@@ -181,6 +185,10 @@ def reasoning_program(
         trace = reasoning.write_step("step", lm, trace, params, stops, prompt=prompts[0])
         if is_final is not None:
             trace = trace._replace(done=trace.done | is_final(trace.last_step[0]))
-        return reasoning.observe_prm("prm", prm, trace, form=form, beta=beta, prompt=prompts[1])
+        if max_trace_tokens is not None:
+            trace = trace._replace(done=trace.done | (jnp.sum(trace.step_lengths, axis=1) >= max_trace_tokens))
+        return reasoning.observe_prm(
+            "prm", prm, trace, form=form, beta=beta, prompt=prompts[1], hidden_at_end=hidden_at_end
+        )
 
     return StateSpaceProgram(init, step, max_steps)

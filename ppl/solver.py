@@ -10,16 +10,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
 from models.sampling import prefill, stop_table
-from ppl import batching, readout
+from ppl import batching, prompting, readout
+from ppl.errors import InputError
 from ppl.search import SearchResult, SearchSpec, reasoning_program
 from ppl.tasks import Task, Verifier
+
+
+class PRMInput(NamedTuple):
+    """A model PRM's prompt, in its own format: token ids and mask [1, width], left-padded."""
+
+    tokens: jax.Array
+    mask: jax.Array
+
+
+class _Uninformative(NamedTuple):
+    """The judge of runs without a PRM: every step gets reward 1, so weights stay uniform."""
+
+    def score_step(self, judge: jax.Array, tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return jnp.ones(tokens.shape[:1], jnp.float32), judge
+
+
+# `--prm none`: for the methods that never read a PRM score (greedy, majority).
+NO_PRM = Verifier(build=lambda token_bytes: _Uninformative(), context=lambda problem: jnp.zeros((), jnp.int32))
+METHODS_WITHOUT_PRM = ("greedy", "majority")
 
 
 class CompiledRuns:
@@ -39,8 +59,8 @@ class CompiledRuns:
             def one(rng_key, tokens, mask, judge, lm, prm):
                 # The prompt's caches hold the prompt alone: particles keep their steps in their own.
                 lm_state = prefill(lm, tokens, mask, tokens.shape[-1])
-                if judge is None:
-                    judge = prm.start(tokens, mask, tokens.shape[-1])
+                if isinstance(judge, PRMInput):
+                    judge = prm.start(judge.tokens, judge.mask, judge.tokens.shape[-1])
                 return engine(rng_key, lm_state, judge, lm, prm)
 
             began = time.perf_counter()
@@ -53,25 +73,58 @@ class CompiledRuns:
 class Solver:
     """A task bound to its models; `solve(problems, spec)` runs a method on them.
 
-    `prm` is a model PRM (`models.prm.load_prm`) or a `Verifier` (`task.verifier`).
+    `prm` is a model PRM (`models.prm.load_prm`) or a `Verifier` (`task.verifier`, `NO_PRM`).
+    A model PRM reads the LM's prompt unless `prm_prompt(problem)` gives its own (text for
+    `prm_tokenizer`, e.g. `ppl.prompting.prm_prompt`). `eos_ids`: every id that ends a trace
+    (default: the tokenizer's EOS). `aggregation` overrides each method's PRM aggregation
+    (`readout.AGGREGATIONS`). `batch_rows`: particle rows run together (problems per run =
+    `batch_rows // particles`; their caches are what fills memory).
     """
 
-    def __init__(self, task: Task, lm: Any, tokenizer: Any, prm: Any):
+    def __init__(
+        self,
+        task: Task,
+        lm: Any,
+        tokenizer: Any,
+        prm: Any,
+        *,
+        prm_prompt: Callable[[Any], str] | None = None,
+        prm_tokenizer: Any = None,
+        eos_ids: tuple[int, ...] | None = None,
+        aggregation: str | None = None,
+        batch_rows: int = batching.PARTICLE_ROWS,
+    ):
         self.task, self.lm, self.tokenizer = task, lm, tokenizer
-        self.stops = stop_table(tokenizer, (task.step_delimiter,))
+        delimiters = () if task.step_delimiter is None else (task.step_delimiter,)
+        self.stops = stop_table(tokenizer, delimiters, eos_ids)
         self.token_bytes = jax.device_get(self.stops.token_bytes)
         self.verifier = prm if isinstance(prm, Verifier) else None
         self.prm = prm.build(self.stops.token_bytes) if self.verifier else prm
+        self.prm_prompt, self.prm_tokenizer = prm_prompt, prm_tokenizer or tokenizer
+        self.hidden_at_end = None if self.verifier else jnp.asarray(
+            prompting.hidden_at_end(self.token_bytes, tuple(jax.device_get(self.stops.eos_ids).tolist()))
+        )
+        if aggregation is not None and aggregation not in readout.AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {readout.AGGREGATIONS}, got {aggregation!r}")
+        self.aggregation, self.batch_rows = aggregation, batch_rows
         self.compiled = CompiledRuns(self._program)
 
     @property
     def compile_seconds(self) -> float:
         return self.compiled.compile_seconds
 
+    @property
+    def trace_tokens(self) -> int:
+        """The most tokens a trace can hold: its budget, or every step at its cap."""
+        task = self.task
+        cap = task.max_steps * task.params.max_tokens
+        return cap if task.max_trace_tokens is None else min(cap, task.max_trace_tokens + task.params.max_tokens - 1)
+
     def _program(self, spec: SearchSpec):
         task = self.task
         return reasoning_program(spec.sampling(task.params), self.stops, task.max_steps, spec.form, spec.beta,
-                                 self._is_final())
+                                 self._is_final(), max_trace_tokens=task.max_trace_tokens,
+                                 hidden_at_end=self.hidden_at_end)
 
     def _is_final(self) -> Callable[[jax.Array], jax.Array] | None:
         """A jittable test 'the step starts with the task's final prefix', or None."""
@@ -79,6 +132,17 @@ class Solver:
             return None
         prefix = jnp.asarray(self.tokenizer.encode(self.task.final_prefix, add_special_tokens=False), jnp.int32)
         return lambda step: jnp.all(step[:, : prefix.shape[0]] == prefix, axis=1)
+
+    def _check_context(self, model: Any, prompt_width: int, extra: int, which: str) -> None:
+        """InputError unless the longest prompt plus the trace fit the model's context length."""
+        limit = model.config.max_position_embeddings
+        need = prompt_width + self.trace_tokens + extra
+        if need > limit:
+            raise InputError(
+                f"the {which}'s context is {limit} tokens, but the longest prompt ({prompt_width} tokens) plus the "
+                f"trace ({self.trace_tokens} tokens: --max-steps x --max-step-tokens, or --max-tokens) need {need}; "
+                "lower --max-tokens or --max-steps"
+            )
 
     def solve(
         self,
@@ -107,7 +171,9 @@ class Solver:
         for chunk, result, seconds in self.runs(problems, spec, seed):
             for row, index in enumerate(chunk):
                 for method in methods:
-                    record = readout.answer_record(self.task, problems[index], self.token_bytes, result, row, method)
+                    record = readout.answer_record(
+                        self.task, problems[index], self.token_bytes, result, row, method, self.aggregation
+                    )
                     record.update(particles=spec.particles, seconds=seconds)
                     out[method].append(record)
             if progress is not None:
@@ -124,8 +190,19 @@ class Solver:
         (compilation excluded).
         """
         tokens, mask = batching.encode_prompts(self.tokenizer, [self.task.prompt(p) for p in problems])
-        for chunk, padded in batching.chunks(len(problems), spec.particles):
-            judge = self._contexts([problems[i] for i in padded])
+        self._check_context(self.lm, int(mask.sum(-1).max()), 0, "LM")
+        prm_tokens = prm_mask = None
+        if self.verifier is None:
+            prm_tokens, prm_mask = tokens, mask
+            if self.prm_prompt is not None:
+                texts = [self.prm_prompt(p) for p in problems]
+                prm_tokens, prm_mask = batching.encode_prompts(self.prm_tokenizer, texts)
+            self._check_context(self.prm.model, int(prm_mask.sum(-1).max()), self.task.max_steps, "PRM")
+        for chunk, padded in batching.chunks(len(problems), spec.particles, self.batch_rows):
+            if self.verifier is None:
+                judge = PRMInput(jnp.asarray(prm_tokens[padded]), jnp.asarray(prm_mask[padded]))
+            else:
+                judge = self._contexts([problems[i] for i in padded])
             keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), chunk[0]), len(padded))
             args = (keys, jnp.asarray(tokens[padded]), jnp.asarray(mask[padded]), judge, self.lm, self.prm)
             run = self.compiled.get(spec, args)
@@ -138,10 +215,7 @@ class Solver:
         return readout.particle_texts(self.token_bytes, result, row)
 
     def _contexts(self, problems: list[Any]) -> Any:
-        """The verifier's initial judge state of each problem, stacked; None for a model PRM
-        (its prompt cache is prefilled inside the run)."""
-        if self.verifier is None:
-            return None
+        """The verifier's initial judge state of each problem, stacked."""
         contexts = [self.verifier.context(p) for p in problems]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *contexts)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("models", "inference", "ppl")
-CORE = ("ppl.program", "ppl.reasoning", "ppl.errors", "ppl.thinksum", "ppl.tasks")  # and the package `ppl` itself
+# and the package `ppl` itself
+CORE = ("ppl.program", "ppl.reasoning", "ppl.errors", "ppl.thinksum", "ppl.tasks", "ppl.grading")
 
 
 def layer(module: str) -> str:

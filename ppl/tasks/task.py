@@ -48,16 +48,19 @@ class Task:
     """A task: its problems, how to prompt for them, and how to read and check a trace."""
 
     name: str
-    generate: Callable[[np.random.Generator | int | None, int], list[Problem]]  # (seed, n) -> problems
     read: Callable[[str | PathLike], list[Problem]]  # a JSONL file; one-line InputError naming a bad line
-    prompt: Callable[[Problem], str]
-    answer: Callable[[Problem, Steps], Hashable | None]  # the trace's answer class (None: no answer)
-    correct: Callable[[Problem, Steps], bool]
+    prompt: Callable[[Problem], str]  # the LM's prompt text (special tokens included, e.g. a chat template's)
+    answer: Callable[[Problem, Steps], Hashable | None]  # the trace's answer (None: no answer)
+    correct: Callable[[Problem, Steps], bool | None]  # None: the problem has no gold answer
     record: Callable[[Problem], dict]  # the problem's fields in an output line
     max_steps: int
     params: SamplingParams  # how a step is sampled (temperature, token cap)
-    step_delimiter: str = "\n"  # a step ends at this text (or at EOS)
+    generate: Callable[[np.random.Generator | int | None, int], list[Problem]] | None = None  # (seed, n) -> problems
+    step_delimiter: str | None = "\n"  # a step ends at this text (or at EOS); None: at the token cap
     final_prefix: str | None = None  # a step starting with this text ends the trace (e.g. "answer")
+    max_trace_tokens: int | None = None  # the whole trace's token budget (None: max_steps x the step cap)
+    # Answers -> the answer class of each (equal classes vote together); None: answers are their own class.
+    classes: Callable[[Sequence[Hashable | None]], list[Hashable | None]] | None = None
     verifier: Verifier | None = None  # an exact checker, if the task has one
     training: Training | None = None  # solutions and labels, if the task can train the shipped models
     eval_seed: int = EVAL_SEED
