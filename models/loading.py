@@ -38,8 +38,27 @@ class UnsupportedModelError(CheckpointError):
     """The checkpoint's architecture (model_type, RoPE type, ...) is not one we implement."""
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A local checkpoint directory, or a Hugging Face id (`"Qwen/Qwen2.5-Math-1.5B-Instruct"`) found in
+    the local Hugging Face cache (`HF_HOME`/`HF_HUB_CACHE`). Nothing is ever downloaded."""
+    local = Path(path).expanduser()
+    text = str(path)
+    if local.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        return local
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        raise CheckpointError(
+            f"{text} is neither a checkpoint directory nor a model in the local Hugging Face cache "
+            "(nothing is downloaded: fetch it yourself, e.g. `huggingface-cli download`, or pass its directory)"
+        ) from None
+
+
 def _directory(path: str | os.PathLike) -> Path:
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     if not path.is_dir():
@@ -247,9 +266,12 @@ def checkpoint_dtype(path: str | os.PathLike) -> jnp.dtype:
 def load(path: str | os.PathLike, dtype: Any = jnp.float32) -> tuple[Llama, Any]:
     """Load a local Hugging Face causal-LM checkpoint: `(lm, tokenizer)`.
 
+    `path`: a directory, or a Hugging Face id already in the local cache (`resolve_checkpoint`).
+
     `dtype` (e.g. jnp.float32 or "bfloat16") is the parameter and compute dtype.
     """
     dtype = jnp.dtype(dtype)
+    path = _directory(path)
     config = config_from_hf(read_hf_config(path))
     tensors = dict(iter_tensors(path))
     model = nnx.eval_shape(lambda: Llama(config, dtype=dtype, rngs=nnx.Rngs(0)))

@@ -36,6 +36,7 @@ from models.loading import (
     iter_tensors,
     load_tokenizer,
     read_hf_config,
+    resolve_checkpoint,
 )
 
 
@@ -143,7 +144,7 @@ def load_prm(
     good_token: str | None = None,
     bad_token: str | None = None,
 ) -> tuple[PRM, Any]:
-    """Load a PRM checkpoint directory: `(prm, tokenizer)`.
+    """Load a PRM checkpoint directory (or a Hugging Face id in the local cache): `(prm, tokenizer)`.
 
     The convention is read from config.json: keys `prm_type`/`step_tag`/`good_token`/
     `bad_token` (our shipped PRMs), `architectures` naming a `ProcessRewardModel`
@@ -152,6 +153,7 @@ def load_prm(
     Keyword arguments override the tags and tokens.
     """
     dtype = jnp.dtype(dtype)
+    path = resolve_checkpoint(path)
     hf = read_hf_config(path)
     raw = json.loads((Path(path) / "config.json").read_text())
     architectures = " ".join(raw.get("architectures") or [])

@@ -78,7 +78,10 @@ class Solver:
     `prm_tokenizer`, e.g. `ppl.prompting.prm_prompt`). `eos_ids`: every id that ends a trace
     (default: the tokenizer's EOS). `aggregation` overrides each method's PRM aggregation
     (`readout.AGGREGATIONS`). `batch_rows`: particle rows run together (problems per run =
-    `batch_rows // particles`; their caches are what fills memory).
+    `batch_rows // particles`; their caches are what fills memory). `step_text_only`: a model PRM
+    sees each step without its trailing delimiter and EOS, then its own step tag (its training
+    format); off, it reads the LM's tokens as written (what the shipped pair's figures were
+    measured with).
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Solver:
         eos_ids: tuple[int, ...] | None = None,
         aggregation: str | None = None,
         batch_rows: int = batching.PARTICLE_ROWS,
+        step_text_only: bool = False,
     ):
         self.task, self.lm, self.tokenizer = task, lm, tokenizer
         delimiters = () if task.step_delimiter is None else (task.step_delimiter,)
@@ -101,7 +105,7 @@ class Solver:
         self.verifier = prm if isinstance(prm, Verifier) else None
         self.prm = prm.build(self.stops.token_bytes) if self.verifier else prm
         self.prm_prompt, self.prm_tokenizer = prm_prompt, prm_tokenizer or tokenizer
-        self.hidden_at_end = None if self.verifier else jnp.asarray(
+        self.hidden_at_end = None if self.verifier or not step_text_only else jnp.asarray(
             prompting.hidden_at_end(self.token_bytes, tuple(jax.device_get(self.stops.eos_ids).tolist()))
         )
         if aggregation is not None and aggregation not in readout.AGGREGATIONS:

@@ -199,3 +199,19 @@ def test_solve_names_the_bad_line(tmp_path, capsys):
     code = main(["solve", "--lm", checkpoint("qwen2_chat"), "--prm", "none", "--problems", str(problems),
                  "--method", "greedy", "--out", str(tmp_path / "o.jsonl")])
     assert code == 2 and "line 2" in capsys.readouterr().err
+
+
+def test_a_hugging_face_id_loads_from_the_local_cache_only(tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--acme--tiny-chat" / "snapshots" / "0123abcd"
+    shutil.copytree(CHECKPOINTS / "qwen2_chat", snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    lm, tok = models.load("acme/tiny-chat")
+    assert lm.config.vocab_size == len(tok) == 384
+    with pytest.raises(models.CheckpointError, match="local Hugging Face cache"):
+        models.load("acme/not-downloaded")

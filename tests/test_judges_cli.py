@@ -57,6 +57,9 @@ def test_rank_cli_writes_contract_columns_and_plots(tmp_path):
     (["rank", "--model", "simplex"], "item\tleft\tright\tjudge\twinner\n1\ta\tb\tj\ta\n", "needs scores"),
     (["rank", "--model", "bradley-terry"], "item\tleft\tright\tjudge\twinner\n1\ta\tb\tj\tc\n",
      "neither the left nor the right"),
+    (["rank"], "item\tcandidate\tjudge\tscore\n1\ta\tj\t3\n1\tb\tj\t-inf\n", "non-finite value (-inf, row 2)"),
+    (["aggregate"], "task\tworker\tlabel\n1\tw1\t1\n\n2\tw2\n", "line 4 has 2 fields, expected 3"),
+    (["aggregate"], "task,worker,label\n1,w1,1\n2,w2,0,0\n", "line 3 has 4 fields, expected 3"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, text, message):
     src = write(tmp_path / "bad.tsv", text)
@@ -70,3 +73,22 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, args, text, message)
 def test_cli_missing_file(tmp_path, capsys):
     assert main(["judges", "rank", str(tmp_path / "nope.tsv"), "--out", str(tmp_path / "o.tsv")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_csv_and_tsv_read_alike_and_crowdkit_pairs_are_ours(tmp_path):
+    from ppl.judges import is_pairwise, read_table
+    from ppl.judges.data import encode_pairs
+
+    rows = [("task", "worker", "label"), ("t1", "w1", "1"), ("t2", "w1", "0"), ("t1", "w2", "1")]
+    tsv = read_table(write(tmp_path / "a.tsv", "".join("\t".join(r) + "\n" for r in rows)), ("task", "worker", "label"))
+    csv = read_table(write(tmp_path / "a.csv", "".join(",".join(r) + "\n" for r in rows)), ("task", "worker", "label"))
+    pd.testing.assert_frame_equal(tsv, csv)
+    assert list(csv.columns) == ["task", "worker", "label"] and list(csv["label"]) == [1, 0, 1]
+
+    crowdkit = pd.DataFrame({"worker": ["j1", "j2", "j1"], "left": ["a", "a", "b"], "right": ["b", "c", "c"],
+                             "label": ["a", "c", "b"]})
+    ours = pd.DataFrame({"item": 0, "left": crowdkit.left, "right": crowdkit.right, "judge": crowdkit.worker,
+                         "winner": crowdkit.label})
+    assert is_pairwise(crowdkit)
+    got, want = encode_pairs(crowdkit), encode_pairs(ours)
+    assert (got.outcome == want.outcome).all() and list(got.candidates) == ["a", "b", "c"]

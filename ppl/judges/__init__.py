@@ -3,7 +3,8 @@
 `aggregate(df)` takes crowd-kit style `task, worker, label` rows (an LLM judge
 is a worker) and returns the posterior of every task's true label and every
 worker's reliability. `rank(df)` takes `item, candidate, judge, score` rows (or
-`item, left, right, judge, winner` pairs) and returns each candidate's
+`item, left, right, judge, winner` pairs, or crowd-kit's `worker, left, right,
+label`) and returns each candidate's
 posterior quality, 90% interval, rank and P(rank = 1). NUTS by default,
 `svi=True` for large data; results export to pandas and ArviZ.
 """
@@ -20,6 +21,7 @@ from ppl.judges.data import (
     encode_labels,
     encode_pairs,
     encode_scores,
+    pairwise_frame,
     read_table,
     scores_to_pairs,
 )
@@ -54,8 +56,10 @@ def aggregate(df: pd.DataFrame, model: str = "dawid-skene", *, seed: int = 0, nu
 
 
 def is_pairwise(df: pd.DataFrame) -> bool:
-    """Pairwise data has `left, right, winner` columns instead of `candidate, score`."""
-    return {"left", "right", "winner"} <= set(df.columns) and not {"candidate", "score"} <= set(df.columns)
+    """Pairwise data has `left, right, winner` columns (crowd-kit's: `left, right, label`) instead of
+    `candidate, score`."""
+    columns = set(pairwise_frame(df).columns)
+    return {"left", "right", "winner"} <= columns and not {"candidate", "score"} <= columns
 
 
 def rank(df: pd.DataFrame, model: str = "simplex", *, seed: int = 0, num_samples: int = 500,

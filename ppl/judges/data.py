@@ -7,6 +7,7 @@ bad input into one-line `InputError`s that name the problem.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,35 +19,40 @@ from ppl.errors import InputError
 LABEL_COLUMNS = ("task", "worker", "label")
 SCORE_COLUMNS = ("item", "candidate", "judge", "score")
 PAIR_COLUMNS = ("item", "left", "right", "judge", "winner")
+CROWDKIT_PAIR_COLUMNS = ("worker", "left", "right", "label")  # crowd-kit's pairwise convention
 TIE_WORDS = ("tie", "draw")
 
 
 def read_table(path: str | Path, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Read a tab-separated file, with or without a header line.
+    """Read a tab- or comma-separated file (told apart by its first line), with or without a header.
 
     A header is recognised when its first line names at least one of `columns`
     (case-insensitive); a header-less file must have exactly `len(columns)`
-    fields per line, taken in that order. Values that all parse as numbers
-    become numbers, so labels `1, 2, 10` sort numerically.
+    fields per line, taken in that order. Every line must have as many fields as
+    the first. Values that all parse as numbers become numbers, so labels
+    `1, 2, 10` sort numerically (integers when every value is a finite integer).
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a TSV file")
+        raise InputError(f"{path}: is a directory, expected a TSV or CSV file")
     try:
-        raw = pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False,
-                          skip_blank_lines=True)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: file is empty") from None
-    except pd.errors.ParserError as err:
-        raise InputError(f"{path}: malformed TSV ({str(err).strip().splitlines()[-1]})") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a UTF-8 text file") from None
-    if raw.empty:
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
         raise InputError(f"{path}: file is empty")
+    delimiter = "\t" if "\t" in lines[0][1] or "," not in lines[0][1] else ","
+    rows = [next(csv.reader([line], delimiter=delimiter)) for _, line in lines]
+    for (number, _), row in zip(lines, rows, strict=True):
+        if len(row) != len(rows[0]):
+            raise InputError(f"{path}: line {number} has {len(row)} fields, expected {len(rows[0])} like line "
+                             f"{lines[0][0]}")
+    raw = pd.DataFrame(rows, dtype=str)
     first = [str(v).strip().lower() for v in raw.iloc[0]]
-    known = set(columns or ()) | set(LABEL_COLUMNS + SCORE_COLUMNS + PAIR_COLUMNS + ("self",))
+    known = set(columns or ()) | set(LABEL_COLUMNS + SCORE_COLUMNS + PAIR_COLUMNS + CROWDKIT_PAIR_COLUMNS + ("self",))
     if any(v in known for v in first) or columns is None:
         raw.columns = first
         raw = raw.iloc[1:].reset_index(drop=True)
@@ -63,12 +69,23 @@ def read_table(path: str | Path, columns: tuple[str, ...] | None = None) -> pd.D
         col = col.mask(col == "")
         num = pd.to_numeric(col, errors="coerce")
         if col.notna().any() and num.notna().sum() == col.notna().sum():
-            if (num.dropna() == num.dropna().round()).all():
+            finite = num.dropna()
+            if np.isfinite(finite).all() and (finite == finite.round()).all():
                 num = num.astype("Int64")
             out[name] = num
         else:
             out[name] = col
     return pd.DataFrame(out)
+
+
+def pairwise_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Pairwise rows in our columns: crowd-kit's `worker, left, right, label` (the label names the
+    winner) become `item, left, right, judge, winner` (one item for all); ours pass unchanged."""
+    if set(CROWDKIT_PAIR_COLUMNS) <= set(df.columns) and "winner" not in df.columns:
+        df = df.rename(columns={"worker": "judge", "label": "winner"})
+        if "item" not in df.columns:
+            df = df.assign(item=0)
+    return df
 
 
 def require_columns(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
@@ -178,7 +195,8 @@ def _numeric(col: pd.Series, name: str, what: str) -> np.ndarray:
         raise InputError(f"{what} data: column '{name}' must be numeric, got {col.iloc[row]!r} (row {row + 1})")
     values = num.to_numpy(dtype=float)
     if not np.isfinite(values).all():
-        raise InputError(f"{what} data: column '{name}' has a non-finite value")
+        row = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise InputError(f"{what} data: column '{name}' has a non-finite value ({values[row]}, row {row + 1})")
     return values
 
 
@@ -246,10 +264,12 @@ class Pairs:
 
 
 def encode_pairs(df: pd.DataFrame) -> Pairs:
-    """Validate an `item, left, right, judge, winner` frame and encode it.
+    """Validate an `item, left, right, judge, winner` frame (or crowd-kit's `worker, left, right, label`)
+    and encode it.
 
     `winner` is the left or right candidate's name, `left`/`right`, or `tie`/`draw`.
     """
+    df = pairwise_frame(df)
     require_columns(df, PAIR_COLUMNS, "pairwise")
     _check_missing(df, ("left", "right", "winner"), "pairwise")
     df = df.reset_index(drop=True)
