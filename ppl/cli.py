@@ -35,8 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _enable_compilation_cache()
+    from ppl.progress import reporting
+
     try:
-        return int(args.run(args) or 0)
+        with reporting(getattr(args, "quiet", False)):
+            return int(args.run(args) or 0)
     except (PPLError, CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         print(f"ppl {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ bucket and vmapped in fixed-size chunks (`ppl.batching`), each (method, shapes) 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -21,6 +22,8 @@ from ppl import batching, prompting, readout
 from ppl.errors import InputError
 from ppl.search import SearchResult, SearchSpec, reasoning_program
 from ppl.tasks import Task, Verifier
+
+LOGGER = logging.getLogger("ppl")
 
 
 class PRMInput(NamedTuple):
@@ -63,6 +66,9 @@ class CompiledRuns:
                     judge = prm.start(judge.tokens, judge.mask, judge.tokens.shape[-1])
                 return engine(rng_key, lm_state, judge, lm, prm)
 
+            rows, width = args[1].shape[0], args[1].shape[-1]
+            LOGGER.info(f"compiling {spec.method} N={spec.num_particles} for {rows} problem(s) of prompt "
+                        f"width {width} (once per shape; cached on disk by the CLI)")
             began = time.perf_counter()
             batched = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None, None)))
             self._compiled[key] = batched.lower(*args).compile()

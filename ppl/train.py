@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,6 +51,7 @@ from models.sampling import (
 )
 from models.saving import save_pretrained
 from models.tokenizer import train_bpe
+from ppl.progress import LOGGER, bar, reporting
 from ppl.tasks import EVAL_SEED, TASKS, Task
 
 SEQ_LEN = 72  # longest training sequence is 69 tokens (an arithmetic trace)
@@ -236,13 +238,16 @@ def train(
         return optax.apply_updates(params, updates), opt_state, loss
 
     start, window = time.time(), []
-    for i in range(1, steps + 1):
-        params, opt_state, loss = step(params, opt_state, *next(batches))
-        window.append(loss)
-        if i % log_every == 0 or i == steps:
-            mean = float(np.mean(jax.device_get(window)))
-            print(f"[{name}] step {i}/{steps} loss {mean:.4f} ({time.time() - start:.0f}s)", flush=True)
-            window = []
+    with bar(steps, name, quiet=not LOGGER.isEnabledFor(logging.INFO), unit="step") as progress:
+        for i in range(1, steps + 1):
+            params, opt_state, loss = step(params, opt_state, *next(batches))
+            window.append(loss)
+            progress.update()
+            if i % log_every == 0 or i == steps:
+                mean = float(np.mean(jax.device_get(window)))
+                progress.set_postfix_str(f"loss {mean:.4f}")
+                LOGGER.info(f"[{name}] step {i}/{steps} loss {mean:.4f} ({time.time() - start:.0f}s)")
+                window = []
     return nnx.merge(graphdef, params), mean
 
 
@@ -374,6 +379,18 @@ def model_card(title: str, body: dict[str, Any], command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m ppl.train`: the shipped-model recipe, with progress on stderr (see `run`)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.countdown_share <= 1.0:
+        parser.error(f"--countdown-share must lie in [0, 1], got {args.countdown_share}")
+    if args.seed == EVAL_SEED:
+        parser.error(f"seed {EVAL_SEED} is reserved for evaluation")
+    with reporting(args.quiet):
+        run(args)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="models/shipped", help="writes OUT/lm and OUT/prm")
     parser.add_argument("--seed", type=int, default=0, help=f"data and init seed (must differ from {EVAL_SEED})")
@@ -389,15 +406,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prm-other", type=int, default=1000, help="corrupted traces, and as many correct ones")
     parser.add_argument("--eval-problems", type=int, default=200, help="held-out problems per task")
     parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines on stderr")
     parser.add_argument("--lm", default=None, help="a directory holding the LM these --lm-* flags trained: "
                         "reuse it and train the PRM only (OUT/lm is left as it is)")
-    args = parser.parse_args(argv)
-    if not 0.0 <= args.countdown_share <= 1.0:
-        parser.error(f"--countdown-share must lie in [0, 1], got {args.countdown_share}")
-    if args.seed == EVAL_SEED:
-        parser.error(f"seed {EVAL_SEED} is reserved for evaluation")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train the LM (or reuse `--lm`) and the PRM, evaluate both, write them and their model cards."""
     command = "python -m ppl.train " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("log_every", "lm")
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("log_every", "lm", "quiet")
     )
     out = Path(args.out)
     total_start = time.time()
@@ -410,10 +428,10 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     if args.lm:
         lm, _ = load(args.lm)
-        print(f"LM: reusing {args.lm}", flush=True)
+        LOGGER.info(f"LM: reusing {args.lm}")
     else:
         lm = random_init(lm_config(len(tok)), seed=args.seed)
-        print(f"LM: {num_parameters(lm):,} parameters", flush=True)
+        LOGGER.info(f"LM: {num_parameters(lm):,} parameters")
         lm, lm_final = train(
             lm,
             lm_loss,
@@ -429,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     sampler = make_sampler(graphdef, tok, 1.0)
     held_out = {name: draw(task, EVAL_SEED, args.eval_problems) for name, task in TASKS.items()}
     accuracy = {task: greedy_accuracy(greedy, lm_params, tok, ps) for task, ps in held_out.items()}
-    print(f"LM greedy accuracy on held-out problems: {accuracy}", flush=True)
+    LOGGER.info(f"LM greedy accuracy on held-out problems: {accuracy}")
     if not args.lm:
         save_pretrained(lm, out / "lm", tok)
 
@@ -442,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{np.mean([x for e in examples if e.source == source for x in e.labels]):.2f} of steps good"
         for source in ("sampled", "corrupted", "correct")
     }
-    print(f"PRM data ({data_time:.0f}s): {stats}", flush=True)
+    LOGGER.info(f"PRM data ({data_time:.0f}s): {stats}")
 
     def prm_loss(model, ids, mask, tags, labels):
         logit = prm_logits(model, ids, mask, good, bad)
@@ -459,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
         traces = sample_traces(sampler, lm_params, tok, key_eval, ps + ps)  # two samples per problem
         eval_examples += [e for p, t in zip(ps + ps, traces, strict=True) if (e := scored(tok, p, t, "sampled"))]
     auc = {task: prm_auc(prm, tok, [e for e in eval_examples if e.task == task]) for task in TASKS}
-    print(f"PRM step AUC on held-out LM samples: {auc}", flush=True)
+    LOGGER.info(f"PRM step AUC on held-out LM samples: {auc}")
     total = time.time() - total_start
 
     common = {

@@ -1,17 +1,20 @@
 """`ppl demo`: every search method at several budgets on held-out problems of the shipped tasks.
 
 Prints a table (accuracy, tokens and seconds per problem), writes a JSON of
-all figures and a PNG of accuracy against budget (log x, a line per method,
-as in Puri et al. 2025's figure 1).
+all figures, a PNG of accuracy against budget (log x, a line per method,
+as in Puri et al. 2025's figure 1) and pf's reliability diagram per budget.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
 
 from ppl.commands.shipped import PRM_KINDS
 from ppl.errors import InputError
@@ -29,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--prm", choices=PRM_KINDS, default="learned")
     demo.add_argument("--out", default="demo_out", help="directory for demo.json and demo.png")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bar or compile messages on stderr")
     demo.set_defaults(run=run)
 
 
@@ -69,6 +73,7 @@ def summarise(records: list[dict]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ppl.commands.shipped import load_models
+    from ppl.progress import bar
     from ppl.search import SearchSpec
     from ppl.solver import Solver
     from ppl.tasks import TASKS
@@ -85,27 +90,29 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, compile_seconds = [], {}
     began = time.perf_counter()
-    for task in tasks:
-        problems = TASKS[task].generate(TASKS[task].eval_seed, count)
-        solver = Solver(TASKS[task], *load_models(TASKS[task], args.prm))
-        runs = [(SearchSpec("greedy", 1), ("greedy",), 1)]
-        for n in budgets:
-            runs.append((SearchSpec("bon", n), SAMPLING_FAMILY, n))
-            runs += [(SearchSpec(method, n), (method,), n) for method in SELECTING]
-        for spec, methods, n in runs:
-            print(f"[{time.perf_counter() - began:6.0f}s] {task}: {'/'.join(methods)} N={n}", file=sys.stderr)
-            results = solver.solve_many(problems, spec, methods, seed=args.seed)
-            for method in methods:
-                rows.append({"task": task, "method": method, "budget": n, **summarise(results[method])})
-        compile_seconds[task] = solver.compile_seconds
+    runs = [(SearchSpec("greedy", 1), ("greedy",), 1)]
+    for n in budgets:
+        runs.append((SearchSpec("bon", n), SAMPLING_FAMILY, n))
+        runs += [(SearchSpec(method, n), (method,), n) for method in SELECTING]
+    with bar(len(tasks) * len(runs), "ppl demo", args.quiet, unit="run") as progress:
+        for task in tasks:
+            problems = TASKS[task].generate(TASKS[task].eval_seed, count)
+            solver = Solver(TASKS[task], *load_models(TASKS[task], args.prm))
+            for spec, methods, n in runs:
+                progress.set_postfix_str(f"{task} {'/'.join(methods)} N={n}")
+                results = solver.solve_many(problems, spec, methods, seed=args.seed)
+                for method in methods:
+                    rows.append({"task": task, "method": method, "budget": n, **summarise(results[method])})
+                progress.update()
+            compile_seconds[task] = solver.compile_seconds
     figures = {
         "problems_per_task": count, "eval_seed": {task: TASKS[task].eval_seed for task in tasks}, "prm": args.prm,
         "rows": rows, "seconds_total": time.perf_counter() - began, "compile_seconds": compile_seconds,
     }
     (out_dir / "demo.json").write_text(json.dumps(figures, indent=2))
     print(table(rows))
-    plot(rows, out_dir / "demo.png", count)
-    reliability(rows, out_dir / "reliability.png")
+    accuracy_figure(rows, count).savefig(out_dir / "demo.png", dpi=120)
+    reliability_figure(rows).savefig(out_dir / "reliability.png", dpi=120)
     print(f"wrote {out_dir / 'demo.json'}, {out_dir / 'demo.png'} and {out_dir / 'reliability.png'}")
     return 0
 
@@ -118,21 +125,27 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path, count: int) -> None:
-    import matplotlib
+MARKERS = "osD^vP*Xh"
+STYLES = ("-", "--", "-.", ":")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def accuracy_figure(rows: list[dict], count: int, axes: Any = None) -> Figure:
+    """Accuracy against budget, one panel per task (on `axes` if given), each method with its own marker
+    and line style so that none hides another; greedy as a dashed level."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for method in dict.fromkeys(r["method"] for r in rows if r["task"] == task):
+    if axes is None:
+        fig = Figure(figsize=(6 * len(tasks), 4.5), layout="constrained")
+        axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    axes = np.ravel(axes)
+    for ax, task in zip(axes, tasks, strict=True):
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["task"] == task))
+        for index, method in enumerate(methods):
             pts = sorted((r["budget"], r["accuracy"]) for r in rows if r["task"] == task and r["method"] == method)
             if method == "greedy":
                 ax.axhline(pts[0][1], color="gray", linestyle="--", label="greedy")
                 continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[index % len(MARKERS)],
+                    linestyle=STYLES[index % len(STYLES)], label=method)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("budget N (particles / samples)")
         ax.set_ylabel("accuracy")
@@ -140,35 +153,30 @@ def plot(rows: list[dict], path: Path, count: int) -> None:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return axes[0].figure
 
 
-def reliability(rows: list[dict], path: Path, bins: int = 10) -> None:
-    """Reliability diagram of the particle filter's answer confidence, pooled over budgets, per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        pairs = np.array([p for r in rows if r["task"] == task and r["method"] == "pf" for p in r["pairs"]], float)
-        if len(pairs) == 0:
-            continue
+def reliability_figure(rows: list[dict], bins: int = 10, axes: Any = None) -> Figure:
+    """Reliability diagrams of pf's answer confidence: one panel per task and budget (rows x columns of
+    `axes` if given), each bar labelled with its number of problems, each panel with its own ECE."""
+    panels = [(r["task"], r["budget"], np.array(r["pairs"], float)) for r in rows if r["method"] == "pf"]
+    tasks = list(dict.fromkeys(task for task, _, _ in panels))
+    budgets = sorted({budget for _, budget, _ in panels})
+    if axes is None:
+        fig = Figure(figsize=(3.2 * len(budgets), 3.2 * len(tasks)), layout="constrained")
+        axes = fig.subplots(len(tasks), len(budgets), squeeze=False)
+    axes = np.asarray(axes).reshape(len(tasks), len(budgets))
+    for task, budget, pairs in panels:
+        ax = axes[tasks.index(task), budgets.index(budget)]
         index = np.minimum((pairs[:, 0] * bins).astype(int), bins - 1)
-        centers = [(b + 0.5) / bins for b in range(bins) if np.any(index == b)]
-        accuracy = [pairs[index == b, 1].mean() for b in range(bins) if np.any(index == b)]
+        used = [b for b in range(bins) if np.any(index == b)]
+        centers = [(b + 0.5) / bins for b in used]
+        accuracy = [pairs[index == b, 1].mean() for b in used]
+        bars = ax.bar(centers, accuracy, width=1 / bins, edgecolor="k", alpha=0.7)
+        ax.bar_label(bars, labels=[str(int(np.sum(index == b))) for b in used], fontsize=6)
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
         ece = expected_calibration_error(list(pairs[:, 0]), list(pairs[:, 1].astype(bool)), bins)
-        ax.bar(centers, accuracy, width=1 / bins, edgecolor="k", alpha=0.7, label="pf accuracy per bin")
-        ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-        ax.set_xlabel("reported confidence (posterior mass of the answer)")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{task}: pf, all budgets, ECE {ece:.3f}")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        ax.set(xlim=(0, 1), ylim=(0, 1.1), title=f"{task} pf N={budget}: ECE {ece:.3f}")
+        ax.set_xlabel("confidence (posterior mass)", fontsize=8)
+        ax.set_ylabel("accuracy (bar label: problems)", fontsize=8)
+    return axes.flat[0].figure

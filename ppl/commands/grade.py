@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ppl.errors import InputError
@@ -18,11 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grade.add_argument("--out", required=True, help='output JSONL: each line plus "extracted" and "correct"')
     grade.add_argument("--source", choices=SOURCES,
                        help="how to read the golds (default: each line's own \"source\", else as given)")
+    grade.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     grade.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ppl.grading import grade_record
+    from ppl.progress import bar
     from ppl.tasks.jsonl import read_jsonl
 
     out = Path(args.out)
@@ -30,12 +31,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"output directory {out.parent} does not exist")
     records = read_jsonl(args.input, lambda line: _parse_line(line, args.source))
     graded = []
-    for number, record in enumerate(records, start=1):
-        graded.append(grade_record(record, source=args.source))
-        if sys.stderr.isatty():
-            print(f"\rgrade: {number}/{len(records)} lines", end="", file=sys.stderr, flush=True)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+    with bar(len(records), "grade", args.quiet, unit="line") as progress:
+        for record in records:
+            graded.append(grade_record(record, source=args.source))
+            progress.update()
     with out.open("w") as handle:
         for record in graded:
             handle.write(json.dumps(record) + "\n")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from ppl.commands.shipped import PRM_KINDS
 from ppl.errors import InputError
 
 DTYPES = ("float32", "bfloat16", "float16")
+LOGGER = logging.getLogger("ppl")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +48,7 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", choices=SCHEDULES, default="ess",
                         help="epf: temperature schedule of the entropic resampling")
     parser.add_argument("--lookahead", action="store_true", help="epf: score a one-step draft before resampling")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or compile messages on stderr")
 
 
 def _register_free_text(subparsers: argparse._SubParsersAction) -> None:
@@ -98,7 +100,7 @@ def run_task(args: argparse.Namespace) -> int:
     problems = task.read(args.problems)
     out = _output(args.out)
     solver = Solver(task, *load_models(task, args.prm, args.lm_path, args.prm_path))
-    return _solve_and_write(solver, problems, spec, args.seed, out, args.task)
+    return _solve_and_write(solver, problems, spec, args.seed, out, args.task, args.quiet)
 
 
 def run_free_text(args: argparse.Namespace) -> int:
@@ -138,7 +140,7 @@ def run_free_text(args: argparse.Namespace) -> int:
     )
     system = args.system or None
     if not args.no_chat_template and not prompting.has_chat_template(tokenizer):
-        print(f"ppl solve: {args.lm} has no chat template; prompting with plain text", file=sys.stderr)
+        LOGGER.info(f"ppl solve: {args.lm} has no chat template; prompting with plain text")
     task = math_task(
         prompting.chat_prompt(tokenizer, system, use_template=not args.no_chat_template),
         max_steps=args.max_steps,
@@ -156,7 +158,7 @@ def run_free_text(args: argparse.Namespace) -> int:
     solver = Solver(task, lm, tokenizer, prm, prm_prompt=prm_prompt, prm_tokenizer=prm_tokenizer,
                     eos_ids=defaults.eos_ids, aggregation=args.prm_aggregate,
                     batch_rows=args.batch_rows or spec.particles, step_text_only=True)
-    return _solve_and_write(solver, problems, spec, args.seed, out, "solve")
+    return _solve_and_write(solver, problems, spec, args.seed, out, "solve", args.quiet)
 
 
 def _spec(args: argparse.Namespace) -> Any:
@@ -174,18 +176,20 @@ def _output(path: str) -> Path:
     return out
 
 
-def _solve_and_write(solver: Any, problems: list, spec: Any, seed: int, out: Path, label: str) -> int:
-    """Run `spec` on `problems` with progress on stderr, write one line per problem, print a summary."""
+def _solve_and_write(solver: Any, problems: list, spec: Any, seed: int, out: Path, label: str, quiet: bool) -> int:
+    """Run `spec` on `problems` with a progress bar, write one line per problem, print a summary."""
+    from ppl.progress import bar
+
     began = time.perf_counter()
     name = f"{label} {spec.method} N={spec.particles}"
+    with bar(len(problems), name, quiet) as progress:
+        progress.set_postfix_str("compiling")
 
-    def progress(done: int, total: int) -> None:
-        print(f"\r{name}: {done}/{total} problems, {time.perf_counter() - began:.0f}s "
-              f"(compile {solver.compile_seconds:.0f}s)", end="", file=sys.stderr, flush=True)
+        def advance(done: int, total: int) -> None:
+            progress.update(done - progress.n)
+            progress.set_postfix_str(f"compile {solver.compile_seconds:.0f}s")
 
-    print(f"{name}: compiling and running {len(problems)} problems", file=sys.stderr, flush=True)
-    records = solver.solve(problems, spec, seed=seed, progress=progress)
-    print(file=sys.stderr)
+        records = solver.solve(problems, spec, seed=seed, progress=advance)
     with out.open("w") as handle:
         for record in records:
             handle.write(json.dumps(record) + "\n")

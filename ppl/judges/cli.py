@@ -48,6 +48,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=_positive, default=DEFAULTS["num_samples"])
     p.add_argument("--num-warmup", type=_positive, default=DEFAULTS["num_warmup"])
     p.add_argument("--svi", action="store_true", help="variational inference (optax Adam) instead of NUTS")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
 
 
 def _positive(text: str) -> int:
@@ -68,7 +69,8 @@ def _write(frame: pd.DataFrame, path: str | Path) -> None:
 
 
 def _sampling(args) -> dict:
-    return dict(seed=args.seed, num_samples=args.num_samples, num_warmup=args.num_warmup, svi=args.svi)
+    return dict(seed=args.seed, num_samples=args.num_samples, num_warmup=args.num_warmup, svi=args.svi,
+                progress_bar=not args.quiet)
 
 
 def run_aggregate(args) -> int:

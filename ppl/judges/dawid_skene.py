@@ -180,7 +180,8 @@ class AggregateResult:
 
 def fit_dawid_skene(labels: Labels, *, prior: str = "hierarchical", prior_diag: float = 3.0,
                     prior_off: float = 1.0, seed: int = 0, num_samples: int = 500, num_warmup: int = 500,
-                    svi: bool = False, svi_steps: int = 3000) -> AggregateResult:
+                    svi: bool = False, svi_steps: int = 3000,
+                    progress_bar: bool = False) -> AggregateResult:
     """Posterior of Dawid-Skene under `prior` ("hierarchical", "flat" or "one-coin") by NUTS, or SVI when `svi`."""
     if prior not in PRIORS:
         raise PPLError(f"unknown Dawid-Skene prior {prior!r}; choose one of {', '.join(PRIORS)}")
@@ -189,7 +190,7 @@ def fit_dawid_skene(labels: Labels, *, prior: str = "hierarchical", prior_diag: 
     model = partial(dawid_skene_model, *data, labels.n_tasks, W, K, prior, prior_diag, prior_off)
     pi0, theta0 = em_start(labels, np.asarray(prior_concentration(K, prior_diag, prior_off)))
     f = fit(model, seed=seed, num_samples=num_samples, num_warmup=num_warmup, svi=svi, svi_steps=svi_steps,
-            init_values={"pi": jnp.asarray(pi0)} | start_values(prior, pi0, theta0))
+            progress_bar=progress_bar, init_values={"pi": jnp.asarray(pi0)} | start_values(prior, pi0, theta0))
     theta = f.samples["theta"]
     probs = np.asarray(_mean_task_posterior(jnp.log(f.samples["pi"]), jnp.log(theta), *data, labels.n_tasks))
     diag = np.diagonal(theta, axis1=-2, axis2=-1)  # (S, W, K)

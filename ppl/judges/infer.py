@@ -32,14 +32,16 @@ class Fit:
 
 def fit(model: Callable, *, seed: int = 0, num_samples: int = 500, num_warmup: int = 500,
         svi: bool = False, svi_steps: int = 3000, learning_rate: float = 0.02,
-        init_values: dict | None = None, target_accept: float = 0.8, max_tree_depth: int = 8) -> Fit:
-    """Draw from the posterior of `model()` with NUTS (one chain) or, when `svi`, with a mean-field guide."""
+        init_values: dict | None = None, target_accept: float = 0.8, max_tree_depth: int = 8,
+        progress_bar: bool = False) -> Fit:
+    """Draw from the posterior of `model()` with NUTS (one chain) or, when `svi`, with a mean-field guide;
+    `progress_bar`: NumPyro's bar on stderr."""
     key_run, key_draw = jax.random.split(jax.random.PRNGKey(seed))
     init = init_to_value(values=init_values) if init_values else init_to_median
     if svi:
         guide = AutoNormal(model, init_loc_fn=init, init_scale=0.05)
         optim = optax_to_numpyro(optax.adam(learning_rate))
-        result = SVI(model, guide, optim, Trace_ELBO()).run(key_run, svi_steps, progress_bar=False)
+        result = SVI(model, guide, optim, Trace_ELBO()).run(key_run, svi_steps, progress_bar=progress_bar)
         draws = guide.sample_posterior(key_draw, result.params, sample_shape=(num_samples,))
         latent, derived = _sites(model, key_draw)
         draws = {k: v for k, v in draws.items() if k in latent}
@@ -47,7 +49,7 @@ def fit(model: Callable, *, seed: int = 0, num_samples: int = 500, num_warmup: i
             draws |= Predictive(model, posterior_samples=draws, return_sites=sorted(derived))(key_draw)
         return Fit({k: np.asarray(v) for k, v in draws.items()}, "svi", losses=np.asarray(result.losses))
     kernel = NUTS(model, init_strategy=init, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=1, progress_bar=False)
+    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=1, progress_bar=progress_bar)
     mcmc.run(key_run, extra_fields=("diverging",))
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
     return Fit(samples, "nuts", diverging=np.asarray(mcmc.get_extra_fields()["diverging"]))

@@ -74,7 +74,8 @@ def simplex_model(unit, judge, level, is_self, unit_candidate, unit_item, *, n_c
 def fit_simplex(scores: Scores, *, prior_diag: float = 3.0, prior_off: float = 1.0,
                 judge_quality: dict | None = None, monotone: bool = False, self_preference: bool | None = None,
                 item_effects: bool = False, seed: int = 0, num_samples: int = 500, num_warmup: int = 500,
-                svi: bool = False, svi_steps: int = 3000) -> RankResult:
+                svi: bool = False, svi_steps: int = 3000,
+                progress_bar: bool = False) -> RankResult:
     """Posterior of the simplex model; quality = expected true score per candidate.
 
     `judge_quality` maps a judge to its own diagonal concentration (higher = trusted more a priori).
@@ -97,7 +98,7 @@ def fit_simplex(scores: Scores, *, prior_diag: float = 3.0, prior_off: float = 1
         conc = prior_off + (diag[:, None, None] - prior_off) * np.eye(K)
         init["theta"] = conc / conc.sum(-1, keepdims=True)
     f = fit(model, seed=seed, num_samples=num_samples, num_warmup=num_warmup, svi=svi, svi_steps=svi_steps,
-            init_values=init)
+            progress_bar=progress_bar, init_values=init)
     quality = f.samples["pi"] @ scores.levels
     coords = {"judge": np.asarray(scores.judges.astype(str)), "level": scores.levels,
               "reported": scores.levels, "item": np.asarray(scores.items.astype(str))}
