@@ -303,6 +303,9 @@ class _ParticleKernel(MCMCKernel):
     """Init/sample for one chain, vmapped when NumPyro hands a batch of keys (vectorized chains)."""
 
     sample_field = "sample"
+    # The kernels sample a StateSpaceProgram, not a NumPyro model; ArviZ's `from_numpyro` reads
+    # `sampler.model` and, with None, exports the posterior and sample stats without re-tracing.
+    model = None
 
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         if model_kwargs:

@@ -200,6 +200,45 @@ class SMCResult(NamedTuple):
             self.particles, resampling.multinomial(rng_key, self.log_weights, num_samples)
         )
 
+    def to_inference_data(self):
+        """ArviZ ``InferenceData`` of one run (not a vmapped batch of runs).
+
+        ``posterior``: the final particles as the N draws of one chain, one variable per leaf of
+        the particle pytree (named by its path, e.g. ``x`` or ``cache/k``); ``sample_stats``:
+        their normalised ``log_weight`` (ArviZ weighs draws equally, so weighted summaries need
+        these, or ``sample`` first); an ``smc`` group over ``step``: ``ess``, ``ancestors``
+        [step, particle], ``resampled``, ``log_evidence_increment`` and the recorded
+        deterministic sites; ``attrs["log_evidence"]``.
+        """
+        import arviz as az
+        import xarray as xr
+
+        log_weights = np.asarray(self.log_weights)
+        if log_weights.ndim != 1:
+            raise ValueError(f"to_inference_data takes one run; these weights have shape {log_weights.shape} "
+                             "(index a vmapped result first)")
+        leaves = jax.tree_util.tree_flatten_with_path(self.particles)[0]
+        posterior = {_leaf_name(path): np.asarray(leaf)[None] for path, leaf in leaves}
+        idata = az.from_dict(posterior=posterior, sample_stats={"log_weight": log_weights[None]},
+                             attrs={"log_evidence": float(self.log_evidence), "inference": "smc"})
+        per_step = {
+            "ess": (("step",), np.asarray(self.ess)),
+            "ancestors": (("step", "particle"), np.asarray(self.ancestors)),
+            "resampled": (("step",), np.asarray(self.resampled)),
+            "log_evidence_increment": (("step",), np.asarray(self.log_evidence_increments)),
+        }
+        for name, value in self.deterministic.items():
+            value = np.asarray(value)
+            per_step[name] = (("step", "particle", *(f"{name}_dim_{i}" for i in range(value.ndim - 2))), value)
+        steps = np.arange(len(per_step["ess"][1]))
+        idata.add_groups({"smc": xr.Dataset(per_step, coords={"step": steps})}, warn_on_custom_groups=False)
+        return idata
+
+
+def _leaf_name(path: tuple) -> str:
+    """'x', 'cache/k', '0' ...: a particle leaf's path in the pytree ('particles' for a bare array)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path) or "particles"
+
 
 class SMC:
     """Adaptive-resampling SMC (particle filter) for a ``StateSpaceProgram``.
