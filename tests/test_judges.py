@@ -16,7 +16,7 @@ from ppl.judges.data import encode_labels, read_table
 from ppl.judges.dawid_skene import task_log_joint
 from ppl.judges.simplex import simulate
 
-FAST = dict(num_samples=80, num_warmup=80)
+FAST = dict(num_samples=80, num_warmup=80, num_chains=2)
 
 
 def crowd(seed: int, n_tasks: int = 60, n_workers: int = 6, n_classes: int = 3, accuracy: float = 0.85):
@@ -71,7 +71,8 @@ def test_aggregate_recovers_easy_truth(model):
     frame = res.to_frame(all_labels=True)
     assert np.allclose(frame.groupby("task")["prob"].sum(), 1.0)
     workers = res.workers_frame()
-    assert list(workers.columns) == ["worker", "accuracy_mean", "ci_low", "ci_high", "n_labels"]
+    assert list(workers.columns) == ["worker", "accuracy_mean", "ci_low", "ci_high", "n_labels", "r_hat", "ess"]
+    assert workers.r_hat.isna().all() if model == "majority" else workers.r_hat.lt(1.1).all()
     assert (workers.ci_low <= workers.accuracy_mean).all() and (workers.accuracy_mean <= workers.ci_high).all()
     if model != "majority":
         assert workers.accuracy_mean.between(0.7, 0.97).all()
@@ -94,7 +95,8 @@ def test_same_seed_same_output_and_inference_data():
     b = aggregate(df, seed=7, **FAST)
     pd.testing.assert_frame_equal(a.to_frame(), b.to_frame())
     idata = a.to_inference_data()
-    assert idata.posterior["theta"].shape == (1, 80, 3, 3, 3)
+    assert idata.posterior["theta"].shape == (2, 80, 3, 3, 3)
+    assert idata.log_likelihood["labels"].shape == (2, 80, 20)
     assert "worker_accuracy" in idata.posterior
 
 
@@ -102,12 +104,12 @@ def test_simplex_ranks_clear_candidates_and_covers_truth():
     df, quality, _ = simulate(0, n_candidates=4, n_judges=3, n_items=25, n_levels=3)
     res = rank(df, **FAST)
     frame = res.to_frame()
-    assert list(frame.columns) == ["candidate", "quality_mean", "ci_low", "ci_high", "rank", "p_rank1"]
+    assert list(frame.columns) == ["candidate", "quality_mean", "ci_low", "ci_high", "rank", "p_rank1", "r_hat", "ess"]
     assert frame["p_rank1"].sum() == pytest.approx(1.0)
     f = frame.set_index("candidate").loc[quality.index]
     assert ((f.ci_low <= quality) & (quality <= f.ci_high)).mean() >= 0.75
     assert np.corrcoef(f.quality_mean, quality)[0, 1] > 0.8
-    assert res.to_inference_data().posterior["quality"].shape == (1, 80, 4)
+    assert res.to_inference_data().posterior["quality"].shape == (2, 80, 4)
 
 
 def test_simplex_options_run():
@@ -212,3 +214,34 @@ def test_svi_returns_derived_confusions():
     assert res.fit.samples["theta"].shape == (50, 4, 3, 3)
     assert (res.predict().reindex(truth.index) == truth).mean() > 0.9
 
+
+
+def test_pointwise_log_likelihood_is_each_tasks_marginal_and_feeds_loo():
+    """The log_likelihood group holds log p(labels of task t | draw), checked by summing over the true class
+    by hand; az.loo / az.compare then rank Dawid-Skene against one-coin on a crowd with a confused worker."""
+    import arviz as az
+
+    confusion = np.stack([np.eye(3) * 0.8 + 0.2 / 3, np.eye(3) * 0.8 + 0.2 / 3, np.eye(3)[[1, 2, 0]] * 0.9 + 0.1 / 3])
+    df, _ = confusion_crowd(4, confusion, n_tasks=40)
+    lab = encode_labels(df)
+    ds = aggregate(df, model="dawid-skene", **FAST)
+    pointwise = ds.fit.log_likelihood["labels"]
+    assert pointwise.shape == (160, lab.n_tasks)
+    pi, theta = ds.fit.samples["pi"][7], ds.fit.samples["theta"][7]
+    for t in (0, 13, 39):
+        rows = lab.task == t
+        marginal = sum(pi[k] * np.prod(theta[lab.worker[rows], k, lab.label[rows]]) for k in range(3))
+        assert pointwise[7, t] == pytest.approx(np.log(marginal), rel=1e-4)
+    one_coin = aggregate(df, model="one-coin", **FAST)
+    table = az.compare({"dawid-skene": ds.to_inference_data(), "one-coin": one_coin.to_inference_data()})
+    assert table.index[0] == "dawid-skene"  # the rotated worker is a confusion one-coin cannot express
+    summary = az.summary(ds.to_inference_data(), var_names=["worker_accuracy"])
+    assert np.isfinite(summary["r_hat"]).all() and (summary["ess_bulk"] > 20).all()
+
+
+def test_unmixed_chains_warn():
+    from ppl.judges.infer import ConvergenceWarning
+
+    df, _ = crowd(5, n_tasks=30, n_workers=4)
+    with pytest.warns(ConvergenceWarning, match="R-hat"):
+        aggregate(df, model="dawid-skene", num_samples=8, num_warmup=3, num_chains=2)

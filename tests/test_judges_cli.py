@@ -8,7 +8,7 @@ import pytest
 from ppl.cli import main
 from ppl.judges.simplex import simulate
 
-FAST = ["--num-samples", "100", "--num-warmup", "100"]
+FAST = ["--num-samples", "100", "--num-warmup", "100", "--chains", "2"]
 
 
 def write(path, text):
@@ -28,7 +28,7 @@ def test_aggregate_cli_writes_labels_workers_and_plot(tmp_path, prior):
     assert list(labels.columns) == ["task", "label", "prob"] and len(labels) == 20
     assert (labels["label"] == [t % 2 for t in range(20)]).all()
     workers = pd.read_csv(tmp_path / "out_workers.tsv", sep="\t")
-    assert list(workers.columns) == ["worker", "accuracy_mean", "ci_low", "ci_high", "n_labels"]
+    assert list(workers.columns) == ["worker", "accuracy_mean", "ci_low", "ci_high", "n_labels", "r_hat", "ess"]
     assert png.stat().st_size > 1000
 
 
@@ -40,7 +40,9 @@ def test_rank_cli_writes_contract_columns_and_plots(tmp_path):
     png = tmp_path / "forest.png"
     assert main(["judges", "rank", str(src), "--out", str(out), "--plot", str(png), *FAST]) == 0
     frame = pd.read_csv(out, sep="\t")
-    assert list(frame.columns) == ["candidate", "quality_mean", "ci_low", "ci_high", "rank", "p_rank1"]
+    assert list(frame.columns) == ["candidate", "quality_mean", "ci_low", "ci_high", "rank", "p_rank1", "r_hat",
+                                   "ess"]
+    assert frame.r_hat.lt(1.1).all() and frame.ess.gt(20).all()
     assert sorted(frame["rank"]) == [1, 2, 3]
     assert png.exists() and (tmp_path / "forest_judges.png").exists()
 

@@ -36,7 +36,7 @@ RANK_MODELS = ("simplex", "bradley-terry")
 
 
 def aggregate(df: pd.DataFrame, model: str = "dawid-skene", *, seed: int = 0, num_samples: int = 500,
-              num_warmup: int = 500, svi: bool = False, progress_bar: bool = False,
+              num_warmup: int = 500, num_chains: int = 4, svi: bool = False, progress_bar: bool = False,
               **priors) -> AggregateResult:
     """Posterior of each task's true label from `task, worker, label` rows.
 
@@ -53,8 +53,8 @@ def aggregate(df: pd.DataFrame, model: str = "dawid-skene", *, seed: int = 0, nu
         return majority_vote(labels)
     if model == "one-coin":
         priors = priors | {"prior": "one-coin"}
-    return fit_dawid_skene(labels, seed=seed, num_samples=num_samples, num_warmup=num_warmup, svi=svi,
-                           progress_bar=progress_bar, **priors)
+    return fit_dawid_skene(labels, seed=seed, num_samples=num_samples, num_warmup=num_warmup,
+                           num_chains=num_chains, svi=svi, progress_bar=progress_bar, **priors)
 
 
 def is_pairwise(df: pd.DataFrame) -> bool:
@@ -65,7 +65,8 @@ def is_pairwise(df: pd.DataFrame) -> bool:
 
 
 def rank(df: pd.DataFrame, model: str = "simplex", *, seed: int = 0, num_samples: int = 500,
-         num_warmup: int = 500, svi: bool = False, self_map: dict | None = None, progress_bar: bool = False,
+         num_warmup: int = 500, num_chains: int = 4, svi: bool = False, self_map: dict | None = None,
+         progress_bar: bool = False,
          **options) -> RankResult:
     """Posterior quality and rank of each candidate.
 
@@ -76,7 +77,8 @@ def rank(df: pd.DataFrame, model: str = "simplex", *, seed: int = 0, num_samples
     """
     if model not in RANK_MODELS:
         raise InputError(f"unknown ranking model {model!r}; choose one of {', '.join(RANK_MODELS)}")
-    common = dict(seed=seed, num_samples=num_samples, num_warmup=num_warmup, svi=svi, progress_bar=progress_bar)
+    common = dict(seed=seed, num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains, svi=svi,
+                  progress_bar=progress_bar)
     if isinstance(df, pd.DataFrame) and is_pairwise(df):
         if model == "simplex":
             raise InputError("the simplex model needs scores (columns " + ", ".join(SCORE_COLUMNS)

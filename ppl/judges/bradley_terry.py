@@ -37,18 +37,19 @@ def davidson_model(left, right, outcome, n_candidates: int, prior_scale: float =
 
 
 def fit_bradley_terry(pairs: Pairs, *, prior_scale: float = 1.5, seed: int = 0, num_samples: int = 500,
-                      num_warmup: int = 500, svi: bool = False, svi_steps: int = 3000,
+                      num_warmup: int = 500, num_chains: int = 4, svi: bool = False, svi_steps: int = 3000,
                       progress_bar: bool = False) -> RankResult:
     """Posterior of the Davidson model; quality = centred log-strength."""
     C = len(pairs.candidates)
     model = partial(davidson_model, jnp.asarray(pairs.left), jnp.asarray(pairs.right), jnp.asarray(pairs.outcome),
                     C, prior_scale)
-    f = fit(model, seed=seed, num_samples=num_samples, num_warmup=num_warmup, svi=svi, svi_steps=svi_steps,
-            progress_bar=progress_bar, init_values={"beta": jnp.zeros(C), "log_nu": jnp.asarray(-1.0)})
+    f = fit(model, seed=seed, num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains, svi=svi,
+            svi_steps=svi_steps, progress_bar=progress_bar,
+            init_values={"beta": jnp.zeros(C), "log_nu": jnp.asarray(-1.0)})
     beta = f.samples["beta"]
     quality = beta - beta.mean(1, keepdims=True)
     return RankResult("bradley-terry", pairs.candidates, quality, f, "centred log-strength",
-                      {"dims": {"beta": ["candidate"]}})
+                      {"dims": {"beta": ["candidate"], "outcome": ["comparison"]}})
 
 
 def plain_bradley_terry(pairs: Pairs, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ppl.errors import InputError
 
-DEFAULTS = dict(seed=0, num_samples=500, num_warmup=500)
+DEFAULTS = dict(seed=0, num_samples=500, num_warmup=500, num_chains=4)
 
 
 def register(subparsers) -> None:
@@ -45,7 +45,9 @@ def register(subparsers) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="PNG", help="write a figure (forest plot / confusion heatmaps) to PNG")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    p.add_argument("--num-samples", type=_positive, default=DEFAULTS["num_samples"])
+    p.add_argument("--num-samples", type=_positive, default=DEFAULTS["num_samples"], help="draws per chain")
+    p.add_argument("--chains", type=_positive, default=DEFAULTS["num_chains"],
+                   help="NUTS chains (vectorized); R-hat and ESS in the output need two or more")
     p.add_argument("--num-warmup", type=_positive, default=DEFAULTS["num_warmup"])
     p.add_argument("--svi", action="store_true", help="variational inference (optax Adam) instead of NUTS")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
@@ -69,7 +71,8 @@ def _write(frame: pd.DataFrame, path: str | Path) -> None:
 
 
 def _sampling(args) -> dict:
-    return dict(seed=args.seed, num_samples=args.num_samples, num_warmup=args.num_warmup, svi=args.svi,
+    return dict(seed=args.seed, num_samples=args.num_samples, num_warmup=args.num_warmup, num_chains=args.chains,
+                svi=args.svi,
                 progress_bar=not args.quiet)
 
 

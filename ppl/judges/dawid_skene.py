@@ -113,7 +113,7 @@ def dawid_skene_model(task, worker, label, n_tasks: int, n_workers: int, n_class
     if prior != "flat":
         numpyro.deterministic("theta", jnp.exp(log_theta))
     joint = task_log_joint(jnp.log(pi), log_theta, task, worker, label, n_tasks)
-    numpyro.factor("labels", logsumexp(joint, axis=-1).sum())
+    numpyro.factor("labels", logsumexp(joint, axis=-1))  # one term per task: pointwise log-likelihood
 
 
 @partial(jax.jit, static_argnames=("n_tasks",))
@@ -158,11 +158,13 @@ class AggregateResult:
         return pd.Series(f["label"].to_numpy(), index=pd.Index(f["task"], name="task"), name="agg_label")
 
     def workers_frame(self, mass: float = 0.9) -> pd.DataFrame:
-        """`worker, accuracy_mean, ci_low, ci_high, n_labels`: reliability with a credible interval."""
+        """`worker, accuracy_mean, ci_low, ci_high, n_labels, r_hat, ess`: reliability with a credible
+        interval and the sampler's diagnostics of it (NaN without NUTS)."""
         lo, hi = interval(self.accuracy_draws, mass)
         counts = np.bincount(self.labels.worker, minlength=self.labels.n_workers)
+        rhat, ess = (self.fit or Fit({}, "none")).diagnostics(self.accuracy_draws)
         return pd.DataFrame({"worker": self.labels.workers, "accuracy_mean": self.accuracy_draws.mean(0),
-                             "ci_low": lo, "ci_high": hi, "n_labels": counts})
+                             "ci_low": lo, "ci_high": hi, "n_labels": counts, "r_hat": rhat, "ess": ess})
 
     def to_inference_data(self):
         """ArviZ InferenceData of the model's parameters and the derived worker accuracies."""
@@ -173,14 +175,15 @@ class AggregateResult:
         post["worker_accuracy"] = self.accuracy_draws
         coords = {"worker": np.asarray(lab.workers.astype(str)), "true_class": np.asarray(lab.classes.astype(str)),
                   "reported": np.asarray(lab.classes.astype(str))}
+        coords["task"] = np.asarray(lab.tasks.astype(str))
         dims = {"pi": ["true_class"], "theta": ["worker", "true_class", "reported"], "accuracy": ["worker"],
-                "worker_accuracy": ["worker"], "gap": ["true_class"]}
+                "worker_accuracy": ["worker"], "gap": ["true_class"], "labels": ["task"]}
         return to_inference_data(self.fit, post, coords, dims)
 
 
 def fit_dawid_skene(labels: Labels, *, prior: str = "hierarchical", prior_diag: float = 3.0,
                     prior_off: float = 1.0, seed: int = 0, num_samples: int = 500, num_warmup: int = 500,
-                    svi: bool = False, svi_steps: int = 3000,
+                    num_chains: int = 4, svi: bool = False, svi_steps: int = 3000,
                     progress_bar: bool = False) -> AggregateResult:
     """Posterior of Dawid-Skene under `prior` ("hierarchical", "flat" or "one-coin") by NUTS, or SVI when `svi`."""
     if prior not in PRIORS:
@@ -189,8 +192,9 @@ def fit_dawid_skene(labels: Labels, *, prior: str = "hierarchical", prior_diag: 
     data = (jnp.asarray(labels.task), jnp.asarray(labels.worker), jnp.asarray(labels.label))
     model = partial(dawid_skene_model, *data, labels.n_tasks, W, K, prior, prior_diag, prior_off)
     pi0, theta0 = em_start(labels, np.asarray(prior_concentration(K, prior_diag, prior_off)))
-    f = fit(model, seed=seed, num_samples=num_samples, num_warmup=num_warmup, svi=svi, svi_steps=svi_steps,
-            progress_bar=progress_bar, init_values={"pi": jnp.asarray(pi0)} | start_values(prior, pi0, theta0))
+    f = fit(model, seed=seed, num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains, svi=svi,
+            svi_steps=svi_steps, progress_bar=progress_bar,
+            init_values={"pi": jnp.asarray(pi0)} | start_values(prior, pi0, theta0))
     theta = f.samples["theta"]
     probs = np.asarray(_mean_task_posterior(jnp.log(f.samples["pi"]), jnp.log(theta), *data, labels.n_tasks))
     diag = np.diagonal(theta, axis1=-2, axis2=-1)  # (S, W, K)

@@ -36,15 +36,17 @@ class RankResult:
     extra: dict = field(default_factory=dict)  # model-specific posterior summaries (e.g. judge confusion)
 
     def to_frame(self, mass: float = 0.9) -> pd.DataFrame:
-        """`candidate, quality_mean, ci_low, ci_high, rank, p_rank1`, best candidate first."""
+        """`candidate, quality_mean, ci_low, ci_high, rank, p_rank1, r_hat, ess`, best candidate first
+        (R-hat and effective sample size of each quality; NaN without NUTS)."""
         mean = self.quality_draws.mean(0)
         lo, hi = interval(self.quality_draws, mass)
         order = np.argsort(-mean, kind="stable")
         rank = np.empty(len(mean), dtype=int)
         rank[order] = np.arange(1, len(mean) + 1)
         p1 = rank_probabilities(self.quality_draws)[:, 0]
+        rhat, ess = (self.fit or Fit({}, "none")).diagnostics(self.quality_draws)
         frame = pd.DataFrame({"candidate": self.candidates, "quality_mean": mean, "ci_low": lo, "ci_high": hi,
-                              "rank": rank, "p_rank1": p1})
+                              "rank": rank, "p_rank1": p1, "r_hat": rhat, "ess": ess})
         return frame.sort_values("rank", kind="stable").reset_index(drop=True)
 
     def rank_probabilities(self) -> pd.DataFrame:

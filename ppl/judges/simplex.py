@@ -68,13 +68,13 @@ def simplex_model(unit, judge, level, is_self, unit_candidate, unit_item, *, n_c
         shift = (sigma * z)[unit_item][:, None] * jnp.linspace(-1.0, 1.0, K)
         log_prior = jax.nn.log_softmax(log_prior + shift, axis=-1)
     joint = log_prior + jax.ops.segment_sum(rows, unit, num_segments=unit_candidate.shape[0])
-    numpyro.factor("scores", logsumexp(joint, axis=-1).sum())
+    numpyro.factor("scores", logsumexp(joint, axis=-1))  # one term per unit: pointwise log-likelihood
 
 
 def fit_simplex(scores: Scores, *, prior_diag: float = 3.0, prior_off: float = 1.0,
                 judge_quality: dict | None = None, monotone: bool = False, self_preference: bool | None = None,
                 item_effects: bool = False, seed: int = 0, num_samples: int = 500, num_warmup: int = 500,
-                svi: bool = False, svi_steps: int = 3000,
+                num_chains: int = 4, svi: bool = False, svi_steps: int = 3000,
                 progress_bar: bool = False) -> RankResult:
     """Posterior of the simplex model; quality = expected true score per candidate.
 
@@ -97,13 +97,13 @@ def fit_simplex(scores: Scores, *, prior_diag: float = 3.0, prior_off: float = 1
     if not monotone:
         conc = prior_off + (diag[:, None, None] - prior_off) * np.eye(K)
         init["theta"] = conc / conc.sum(-1, keepdims=True)
-    f = fit(model, seed=seed, num_samples=num_samples, num_warmup=num_warmup, svi=svi, svi_steps=svi_steps,
-            progress_bar=progress_bar, init_values=init)
+    f = fit(model, seed=seed, num_samples=num_samples, num_warmup=num_warmup, num_chains=num_chains, svi=svi,
+            svi_steps=svi_steps, progress_bar=progress_bar, init_values=init)
     quality = f.samples["pi"] @ scores.levels
     coords = {"judge": np.asarray(scores.judges.astype(str)), "level": scores.levels,
               "reported": scores.levels, "item": np.asarray(scores.items.astype(str))}
     dims = {"pi": ["candidate", "level"], "theta": ["judge", "level", "reported"], "self_bias": ["judge"],
-            "slope": ["judge"], "item_z": ["item"]}
+            "slope": ["judge"], "item_z": ["item"], "scores": ["unit"]}
     if monotone:
         theta = np.exp(np.asarray(jax.vmap(lambda s, c: _monotone_log_theta(s, c, K))(
             f.samples["slope"], f.samples["cutpoints"])))
