@@ -151,3 +151,23 @@ def test_shared_prefix_equals_a_copied_prompt(window, prompt_rows):
     assert own.capacity == 3  # the rows' caches hold their own tokens only
     with pytest.raises(ValueError, match="cannot be shared"):
         lm.extend(steps[:3], lm.init_cache(3, 3), None, lm.init_cache(2, 5))
+
+
+def test_loads_are_quiet_without_pytorch():
+    """transformers advises installing PyTorch when it is missing; loading our Flax models stays silent."""
+    import os
+    import subprocess
+    import sys
+
+    hide_torch = "import sys; sys.modules['torch'] = None; "
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}
+    root = Path(__file__).parents[1]
+
+    def stderr(code: str) -> str:
+        return subprocess.run([sys.executable, "-c", hide_torch + code], cwd=root, env=env, capture_output=True,
+                              text=True, check=True).stderr
+
+    assert "PyTorch was not found" in stderr("import transformers")  # the advice this test silences
+    checkpoint = root / "tests" / "fixtures" / "checkpoints" / "qwen2_chat"
+    assert stderr(f"import models, models.prm; models.load({str(checkpoint)!r}); models.prm.load_prm"
+                  f"({str(checkpoint.with_name('qwen2_prm'))!r})") == ""
