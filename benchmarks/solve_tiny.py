@@ -6,8 +6,12 @@ for each method on MATH-style problems with `qwen2_chat` + `qwen2_prm` (tests/fi
 The weights are random, so traces run until their caps or a random EOS: the figure is the engine's cost at
 these shapes, not accuracy. The persistent compilation cache is turned off so that compile times are honest.
 
+`--max-steps 8,64 --max-tokens 256` runs each method at each step cap under one token budget, side by side:
+the traces end at the budget (or EOS) long before 64 steps, so with caches sized by the budget and the run
+exiting when every particle is done, 64 steps should cost what 8 do (`ratio`: run time / the first cap's).
+
     python benchmarks/solve_tiny.py [--methods pf,wbon,greedy] [--particles 16] [--problems 4]
-        [--max-steps 40] [--max-step-tokens 256] [--out benchmarks/results/solve_tiny.json]
+        [--max-steps 40[,64...]] [--max-step-tokens 256] [--max-tokens T] [--out benchmarks/results/solve_tiny.json]
 
 `particles` in the JSON is the --particles flag (greedy runs one particle whatever it says).
 """
@@ -37,8 +41,9 @@ def main() -> None:
     parser.add_argument("--methods", default="pf,wbon,greedy")
     parser.add_argument("--particles", type=int, default=16)
     parser.add_argument("--problems", type=int, default=4)
-    parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--max-steps", default="40", help="step caps, comma-separated")
     parser.add_argument("--max-step-tokens", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, help="the trace's token budget (default: none)")
     parser.add_argument("--out", default="benchmarks/results/solve_tiny.json")
     args = parser.parse_args()
     os.environ["PPL_CACHE_DIR"] = tempfile.mkdtemp()  # an empty compilation cache: compile times are real
@@ -50,30 +55,36 @@ def main() -> None:
         problems = Path(tmp) / "in.jsonl"
         problems.write_text("".join(json.dumps({"problem": QUESTIONS[i % len(QUESTIONS)], "answer": "7"}) + "\n"
                                     for i in range(args.problems)))
+        budget = [] if args.max_tokens is None else ["--max-tokens", str(args.max_tokens)]
         for method in args.methods.split(","):
-            out, stdout = Path(tmp) / f"{method}.jsonl", StringIO()
-            began = time.perf_counter()
-            with redirect_stdout(stdout):
-                code = ppl(["solve", "--lm", str(CHECKPOINTS / "qwen2_chat"), "--prm", str(CHECKPOINTS / "qwen2_prm"),
-                            "--problems", str(problems), "--method", method, "--particles", str(args.particles),
-                            "--max-steps", str(args.max_steps), "--max-step-tokens", str(args.max_step_tokens),
-                            "--out", str(out)])
-            wall = time.perf_counter() - began
-            assert code == 0, f"ppl solve {method} failed"
-            compile_s = float(re.search(r"compile ([\d.]+)s\)", stdout.getvalue()).group(1))
-            records = [json.loads(x) for x in out.read_text().splitlines()]
-            rows.append({"method": method, "particles": args.particles, "problems": args.problems,
-                         "compile_s": compile_s, "run_s": sum(r["seconds"] for r in records),
-                         "wall_s": wall, "tokens": sum(r["tokens"] for r in records),
-                         "mean_steps": sum(len(r["steps"]) for r in records) / len(records)})
-    print(f"ppl solve, tiny qwen2_chat + qwen2_prm, --max-steps {args.max_steps} "
-          f"--max-step-tokens {args.max_step_tokens}, {args.problems} problems, one per run")
-    print(f"{'method':8} {'N':>4} {'compile s':>10} {'run s':>8} {'wall s':>8} {'tokens':>8} {'steps':>6}")
+            first = None
+            for max_steps in [int(x) for x in args.max_steps.split(",")]:
+                out, stdout = Path(tmp) / f"{method}.jsonl", StringIO()
+                began = time.perf_counter()
+                with redirect_stdout(stdout):
+                    code = ppl(["solve", "--lm", str(CHECKPOINTS / "qwen2_chat"),
+                                "--prm", str(CHECKPOINTS / "qwen2_prm"), "--problems", str(problems),
+                                "--method", method, "--particles", str(args.particles), "--max-steps", str(max_steps),
+                                "--max-step-tokens", str(args.max_step_tokens), *budget, "--out", str(out), "--quiet"])
+                wall = time.perf_counter() - began
+                assert code == 0, f"ppl solve {method} failed"
+                compile_s = float(re.search(r"compile ([\d.]+)s\)", stdout.getvalue()).group(1))
+                records = [json.loads(x) for x in out.read_text().splitlines()]
+                run_s = sum(r["seconds"] for r in records)
+                first = first or run_s
+                rows.append({"method": method, "max_steps": max_steps, "particles": args.particles,
+                             "problems": args.problems, "compile_s": compile_s, "run_s": run_s,
+                             "ratio": run_s / first, "wall_s": wall, "tokens": sum(r["tokens"] for r in records),
+                             "mean_steps": sum(len(r["steps"]) for r in records) / len(records)})
+    print(f"ppl solve, tiny qwen2_chat + qwen2_prm, --max-step-tokens {args.max_step_tokens} --max-tokens "
+          f"{args.max_tokens}, {args.problems} problems, one per run")
+    print(f"{'method':8} {'steps':>5} {'N':>4} {'compile s':>10} {'run s':>8} {'ratio':>6} {'wall s':>8} {'tokens':>8} "
+          f"{'steps':>6}")
     for r in rows:
-        print(f"{r['method']:8} {r['particles']:4d} {r['compile_s']:10.1f} {r['run_s']:8.1f} {r['wall_s']:8.1f} "
-              f"{r['tokens']:8d} {r['mean_steps']:6.1f}")
+        print(f"{r['method']:8} {r['max_steps']:5d} {r['particles']:4d} {r['compile_s']:10.1f} {r['run_s']:8.1f} "
+              f"{r['ratio']:6.2f} {r['wall_s']:8.1f} {r['tokens']:8d} {r['mean_steps']:6.1f}")
     write_json(args.out, {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "max_steps": args.max_steps,
-                          "max_step_tokens": args.max_step_tokens, "rows": rows})
+                          "max_step_tokens": args.max_step_tokens, "max_tokens": args.max_tokens, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Sequential Monte Carlo over a ``StateSpaceProgram``, compiled to one XLA program.
 
-``init`` is vmapped over the N particles, then a ``lax.scan`` runs ``smc_step`` once per step:
-resample (adaptively, on the weights accumulated so far) as a gather of the particle pytree,
-propagate every particle one step, reweight. The log-evidence estimate
+``init`` is vmapped over the N particles, then a loop runs ``smc_step`` once per step: resample
+(adaptively, on the weights accumulated so far) as a gather of the particle pytree, propagate every
+particle one step, reweight. When the particle state has a ``done`` flag (``ppl.program.done_flag``),
+the loop is a ``lax.while_loop`` that stops propagating once every particle is done; the steps left
+only resample, on indices, so the result is that of running every step. The log-evidence estimate
 
     log Z = log mean_i exp(w_init^i) + sum_t log sum_i W_{t-1}^i exp(increment_t^i)
 
@@ -20,6 +22,7 @@ For users who write their own loop, ``init`` and ``step`` are the same run one s
         state, info = smc.step(program, state, key, t, *args)
 """
 
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -33,7 +36,7 @@ from inference import resampling
 from inference.resampling import Adaptive, Gather, Propagate, Resampler, StepContext, Strategy
 from inference.sharding import ParticlePlacement
 from ppl.errors import PPLError
-from ppl.program import StateSpaceProgram
+from ppl.program import StateSpaceProgram, done_flag
 
 Array = jax.Array
 
@@ -297,7 +300,11 @@ class SMC:
             return smc_step(state, xs, propagate=propagate, resampler=resampler, gather=gather)
 
         xs = (jnp.arange(num_steps, dtype=jnp.int32), jax.random.split(scan_key, num_steps))
-        state, info = jax.lax.scan(body, state, xs)
+        if _done_flags(state.particles) is None:
+            state, info = jax.lax.scan(body, state, xs)
+        else:
+            state, info = _steps_until_done(body, self._settler(num_steps), state, xs)
+            state = state._replace(particles=self._place(state.particles))
         return SMCResult(
             log_evidence=state.log_evidence,
             particles=state.particles,
@@ -311,11 +318,74 @@ class SMC:
             deterministic=info.record,
         )
 
+    def _settler(self, num_steps: int) -> Callable[[SMCState, tuple[Array, Array], Any], tuple[SMCState, SMCStepInfo]]:
+        """The step once every particle is done: its increments are 0, so it only resamples. The
+        particles are then an index array into the final ones, which each resampling gathers."""
+
+        def settle(state: SMCState, xs: tuple[Array, Array], record: Any) -> tuple[SMCState, SMCStepInfo]:
+            def frozen(keys: Array, origin: Array, t: Array) -> tuple[Array, Array, Any]:
+                return origin, jnp.zeros(origin.shape, state.log_weights.dtype), record
+
+            context = StepContext(xs[0], num_steps, self.ess_threshold, state.particles, frozen, self.placement)
+            resampler, _ = self.strategy.bind(context)
+            return smc_step(state, xs, propagate=frozen, resampler=resampler)
+
+        return settle
+
     def run(self, rng_key: Array, *args) -> SMCResult:
         """Run SMC; raise ``WeightError`` naming the first step whose weights went bad."""
         result = self._run_jit(rng_key, *args)
         check_weights(result)
         return result
+
+
+def _done_flags(particles: Any) -> Array | None:
+    """Each particle's ``done`` flag [N] (``ppl.program.done_flag``), or None if the state has none."""
+    if done_flag(jax.tree.map(lambda leaf: leaf[0], particles)) is None:
+        return None
+    return jax.vmap(done_flag)(particles)
+
+
+def _steps_until_done(
+    body: Callable[[SMCState, tuple[Array, Array]], tuple[SMCState, SMCStepInfo]],
+    settle: Callable[[SMCState, tuple[Array, Array], Any], tuple[SMCState, SMCStepInfo]],
+    state: SMCState,
+    xs: tuple[Array, Array],
+) -> tuple[SMCState, SMCStepInfo]:
+    """``lax.scan(body, state, xs)`` that stops propagating once every particle is done.
+
+    The remaining steps would propagate nothing (a done particle's increment is exactly 0) and
+    only resample; ``settle`` runs them on an index array, so they cost [N]-sized work and one
+    gather at the end, and the run is the scan's bit for bit. Only the deterministic records of
+    those steps differ: zeros instead of what the frozen particles' discarded steps computed.
+    """
+    steps, keys = xs
+    num_steps = steps.shape[0]
+    info = jax.eval_shape(body, state, (steps[0], keys[0]))[1]
+    records = jax.tree.map(lambda leaf: jnp.zeros((num_steps, *leaf.shape), leaf.dtype), info)
+
+    def step_with(fn: Callable) -> Callable:
+        def run(carry: tuple) -> tuple:
+            t, state, records = carry
+            state, info = fn(state, (steps[t], keys[t]))
+            return t + 1, state, jax.tree.map(lambda r, x: r.at[t].set(x), records, info)
+
+        return run
+
+    def live(carry: tuple) -> Array:
+        t, state, _ = carry
+        return (t < num_steps) & ~jnp.all(_done_flags(state.particles))
+
+    t, state, records = jax.lax.while_loop(live, step_with(body), (jnp.int32(0), state, records))
+    empty_record = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), info.record)
+    origin = state._replace(particles=jnp.arange(state.log_weights.shape[0], dtype=jnp.int32))
+    t, origin, records = jax.lax.while_loop(
+        lambda carry: carry[0] < num_steps,
+        step_with(lambda state, xs: settle(state, xs, empty_record)),
+        (t, origin, records),
+    )
+    particles = resampling.gather(state.particles, origin.particles)
+    return origin._replace(particles=particles), records
 
 
 def check_weights(result: SMCResult) -> None:

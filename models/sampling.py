@@ -195,8 +195,11 @@ def sample_step(
     stops: StopTable,
     active: jax.Array | None = None,
     prefix: KVCache | None = None,
+    limit: jax.Array | None = None,
 ) -> StepResult:
-    """Sample one step for every row until EOS, a stop string, or `params.max_tokens`.
+    """Sample one step for every row until EOS, a stop string, or its token cap: `params.max_tokens`,
+    or fewer where `limit` [B] (tokens row b may still write, e.g. what is left of a trace's budget)
+    is lower; a row stopped by its cap has `stop == STOP_CAP`.
 
     Rows with `active` False (e.g. finished particles) produce nothing and keep
     their state bit for bit. The token that triggers a stop is part of the step
@@ -211,7 +214,8 @@ def sample_step(
     """
     batch = state.next_logits.shape[0]
     running = jnp.ones((batch,), bool) if active is None else active.astype(bool)
-    return _row_sampler(params)(lm, jax.random.split(key, batch), state, stops, running, prefix)
+    limit = jnp.full((batch,), params.max_tokens, jnp.int32) if limit is None else limit.astype(jnp.int32)
+    return _row_sampler(params)(lm, jax.random.split(key, batch), state, stops, running & (limit > 0), limit, prefix)
 
 
 def draw(row_keys: jax.Array, logp: jax.Array) -> jax.Array:
@@ -250,15 +254,17 @@ def _row_sampler(params: SamplingParams):
     """`sample_rows` for `params`, whose batching rule folds the vmapped axis into the rows."""
 
     @jax.custom_batching.custom_vmap
-    def run(lm, row_keys, state, stops, running, prefix):
-        return _sample_rows(lm, row_keys, state, params, stops, running, prefix)
+    def run(lm, row_keys, state, stops, running, limit, prefix):
+        return _sample_rows(lm, row_keys, state, params, stops, running, limit, prefix)
 
     @run.def_vmap
-    def fold(size, in_batched, lm, row_keys, state, stops, running, prefix):
-        lm_batched, keys_batched, state_batched, stops_batched, running_batched, prefix_batched = in_batched
+    def fold(size, in_batched, lm, row_keys, state, stops, running, limit, prefix):
+        lm_batched, keys_batched, state_batched, stops_batched, running_batched, limit_batched, prefix_batched = (
+            in_batched
+        )
         if any(jax.tree.leaves((lm_batched, stops_batched))):  # several models: nothing shared to fold
             axes = jax.tree.map(lambda b: 0 if b else None, in_batched)
-            out = jax.vmap(run, in_axes=tuple(axes))(lm, row_keys, state, stops, running, prefix)
+            out = jax.vmap(run, in_axes=tuple(axes))(lm, row_keys, state, stops, running, limit, prefix)
             return out, jax.tree.map(lambda _: True, out)
 
         def rows(x, batched, axis):
@@ -269,7 +275,8 @@ def _row_sampler(params: SamplingParams):
         if prefix is not None and any(jax.tree.leaves(prefix_batched)):  # one prefix per vmapped element
             prefix = jax.tree.map(rows, prefix, prefix_batched, _CACHE_AXES)
         # An unbatched prefix stays as it is: every folded row shares it, stored once.
-        result = run(lm, rows(row_keys, keys_batched, 0), state, stops, rows(running, running_batched, 0), prefix)
+        result = run(lm, rows(row_keys, keys_batched, 0), state, stops, rows(running, running_batched, 0),
+                     rows(limit, limit_batched, 0), prefix)
         axes = StepResult(0, 0, 0, 0, 0, _state_axes(result.state))
         out = jax.tree.map(lambda x, axis: _unfold(x, axis, size), result, axes)
         return out, jax.tree.map(lambda _: True, out)
@@ -284,9 +291,10 @@ def _sample_rows(
     params: SamplingParams,
     stops: StopTable,
     running: jax.Array,
+    limit: jax.Array,
     prefix: KVCache | None,
 ) -> StepResult:
-    """`sample_step` with one key per row and the running rows given: the loop itself."""
+    """`sample_step` with one key per row, the running rows and their caps given: the loop itself."""
     batch = state.next_logits.shape[0]
     max_tokens = params.max_tokens
     history = jnp.full((batch, max(stops.stop_bytes.shape[1] - 1, 0)), -1, jnp.int32)
@@ -332,7 +340,7 @@ def _sample_rows(
             logp_sample=c["logp_sample"].at[:, i].set(where(sample_logp, 0.0)),
             logp_model=c["logp_model"].at[:, i].set(where(model_logp[jnp.arange(batch), token], 0.0)),
             length=c["length"] + run,
-            running=run & (stop == STOP_CAP),
+            running=run & (stop == STOP_CAP) & (c["length"] + 1 < limit),
             stop=where(stop, c["stop"]),
             history=jnp.where(run[:, None], history, c["history"]),
             state=LMState(cache, next_logits),

@@ -78,7 +78,8 @@ def answer_record(
 ) -> dict:
     """The output line of `problem` (row `row` of `result`) read out by `method`'s selection rule:
     the problem's fields plus `steps`, `answer`, `confidence`, `classes` (the top answer classes and
-    their posterior mass), `correct` (unless the problem has no gold), `tokens` and `method`.
+    their posterior mass), `correct` (unless the problem has no gold), `tokens`, `method` and
+    `truncated` (the chosen trace's last step was cut at its token cap or at the trace's budget).
     `aggregation` overrides the method's PRM aggregation (`last`, `min`, `prod`)."""
     rule, how = SELECTION[method]
     texts = particle_texts(token_bytes, result, row)
@@ -102,7 +103,10 @@ def answer_record(
     correct = task.correct(problem, texts[chosen])
     if correct is not None:
         record["correct"] = bool(correct)
-    record.update(tokens=int(np.sum(result.deterministic["step.length"][row])), method=method)
+    trace = result.particles
+    last = max(int(trace.num_steps[row, chosen, 0]) - 1, 0)
+    record.update(tokens=int(np.sum(result.deterministic["step.length"][row])), method=method,
+                  truncated=bool(trace.truncated[row, chosen, 0, last]))
     return record
 
 

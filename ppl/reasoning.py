@@ -41,7 +41,17 @@ import numpyro
 import numpyro.distributions as dist
 
 from models.llama import KVCache
-from models.sampling import NO_TOKEN, STOP_EOS, STOP_STRING, LMState, SamplingParams, StopTable, prefill, sample_step
+from models.sampling import (
+    NO_TOKEN,
+    STOP_CAP,
+    STOP_EOS,
+    STOP_STRING,
+    LMState,
+    SamplingParams,
+    StopTable,
+    prefill,
+    sample_step,
+)
 
 FORMS = ("bernoulli", "twist", "replace")
 
@@ -56,7 +66,8 @@ class Trace(NamedTuple):
     num_steps: jax.Array  # [1] steps written so far
     rewards: jax.Array  # [1, max_steps] PRM reward of each step
     log_reward: jax.Array  # [1] log r of the latest step (twist's denominator)
-    done: jax.Array  # [1] the trace has finished (EOS, final-answer marker, step cap)
+    done: jax.Array  # [1] the trace has finished (EOS, final-answer marker, step cap, token budget)
+    truncated: jax.Array  # [1, max_steps] the step was cut at its token cap (the step's, or the budget's rest)
     # () when the caches hold the steps only and the prompt is shared, None when they copy it:
     # a leafless marker, so it is static under jit/vmap and the pairing with `prompt=` is checkable.
     shared_prompt: tuple | None = None
@@ -69,19 +80,29 @@ class Trace(NamedTuple):
         return tokens, tokens != NO_TOKEN
 
 
-def start(lm_state: LMState, judge: Any, max_steps: int, max_tokens: int, share_prompt: bool = False) -> Trace:
+def start(
+    lm_state: LMState,
+    judge: Any,
+    max_steps: int,
+    max_tokens: int,
+    share_prompt: bool = False,
+    budget: int | None = None,
+) -> Trace:
     """An empty trace after a prompt (prefilled once, outside the particles).
 
     By default the trace's caches are copies of the prompt's, with room left for
-    the steps. With `share_prompt` they are empty caches sized for the steps alone
-    (`max_steps * (max_tokens + 1)`: each step and a PRM step tag), and every
-    `write_step`/`observe_prm` must get the prompt's state as `prompt=`.
+    the steps. With `share_prompt` they are empty caches sized for the steps alone,
+    and every `write_step`/`observe_prm` must get the prompt's state as `prompt=`:
+    `max_steps * (max_tokens + 1)` slots (each step and a PRM step tag) or, with a
+    token `budget` for the whole trace (which `write_step` must then be given too),
+    `budget` slots for the LM and `budget + max_steps` for a PRM.
     """
     batch = lm_state.next_logits.shape[0]
     if share_prompt:
-        room = max_steps * (max_tokens + 1)
-        lm_state = LMState(lm_state.cache.empty(room), lm_state.next_logits)
-        judge = judge.empty(room) if isinstance(judge, KVCache) else judge
+        lm_room = max_steps * (max_tokens + 1) if budget is None else min(budget, max_steps * max_tokens)
+        judge_room = max_steps * (max_tokens + 1) if budget is None else lm_room + max_steps
+        lm_state = LMState(lm_state.cache.empty(lm_room), lm_state.next_logits)
+        judge = judge.empty(judge_room) if isinstance(judge, KVCache) else judge
     return Trace(
         lm=lm_state,
         judge=judge,
@@ -91,6 +112,7 @@ def start(lm_state: LMState, judge: Any, max_steps: int, max_tokens: int, share_
         rewards=jnp.zeros((batch, max_steps), jnp.float32),
         log_reward=jnp.zeros((batch,), jnp.float32),
         done=jnp.zeros((batch,), bool),
+        truncated=jnp.zeros((batch, max_steps), bool),
         shared_prompt=() if share_prompt else None,
     )
 
@@ -120,18 +142,23 @@ def write_step(
     stops: StopTable,
     final_stops: tuple[int, ...] = (),
     prompt: LMState | None = None,
+    budget: int | None = None,
 ) -> Trace:
     """Sample site `name`: the LM writes the next step of `trace`.
 
     The site's value is the step's tokens; its density is the model's log-prob
     and it declares the sampler's (temperature/top-k/top-p) log-prob as
     `proposal_log_prob`, so the SMC weight carries log p - log q. The trace is
-    done after EOS or after stop string `i` for `i` in `final_stops`. `prompt`:
-    the shared prompt state of a trace started with `share_prompt=True`.
+    done after EOS, after stop string `i` for `i` in `final_stops`, or once it
+    holds `budget` tokens: a step is cut where the budget runs out (and marked
+    `truncated`, as is a step cut at `params.max_tokens`). `prompt`: the shared
+    prompt state of a trace started with `share_prompt=True`.
     """
     _check_prompt(trace, prompt, f"write_step({name!r})")
     prefix = None if prompt is None else prompt.cache
-    result = sample_step(lm, numpyro.prng_key(), trace.lm, params, stops, active=~trace.done, prefix=prefix)
+    used = jnp.sum(trace.step_lengths, axis=1)
+    result = sample_step(lm, numpyro.prng_key(), trace.lm, params, stops, active=~trace.done, prefix=prefix,
+                         limit=None if budget is None else budget - used)
     log_p = jnp.sum(result.logp_model, axis=1)
     log_q = jnp.sum(result.logp_sample, axis=1)
     tokens = numpyro.sample(
@@ -143,12 +170,16 @@ def write_step(
         finished |= result.stop == STOP_STRING + index
     slot = jnp.minimum(trace.num_steps, trace.steps.shape[1] - 1)
     rows = jnp.arange(tokens.shape[0])
+    done = trace.done | finished | (trace.num_steps + 1 >= trace.steps.shape[1])
+    if budget is not None:
+        done |= used + result.length >= budget
     return trace._replace(
         lm=result.state,
         steps=trace.steps.at[rows, slot].set(tokens),
         step_lengths=trace.step_lengths.at[rows, slot].set(result.length),
         num_steps=trace.num_steps + 1,
-        done=trace.done | finished | (trace.num_steps + 1 >= trace.steps.shape[1]),
+        done=done,
+        truncated=trace.truncated.at[rows, slot].set((result.stop == STOP_CAP) & (result.length > 0)),
     )
 
 

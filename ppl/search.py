@@ -173,20 +173,18 @@ def reasoning_program(
     particles and stored once; otherwise each particle copies them (the caches
     passed in must then have room for the steps).
     `is_final(step_tokens [1, T]) -> [1] bool` marks a final step; a trace also ends at
-    the first step that brings its tokens to `max_trace_tokens`. `hidden_at_end`: see
-    `reasoning.observe_prm`.
+    the step where it reaches `max_trace_tokens`, cut there (the caches hold that budget, not
+    `max_steps` steps at their cap). `hidden_at_end`: see `reasoning.observe_prm`.
     """
 
     def init(lm_state, judge, lm, prm):
-        return reasoning.start(lm_state, judge, max_steps, params.max_tokens, share_prompt)
+        return reasoning.start(lm_state, judge, max_steps, params.max_tokens, share_prompt, max_trace_tokens)
 
     def step(trace, t, lm_state, judge, lm, prm):
         prompts = (lm_state, judge) if share_prompt else (None, None)
-        trace = reasoning.write_step("step", lm, trace, params, stops, prompt=prompts[0])
+        trace = reasoning.write_step("step", lm, trace, params, stops, prompt=prompts[0], budget=max_trace_tokens)
         if is_final is not None:
             trace = trace._replace(done=trace.done | is_final(trace.last_step[0]))
-        if max_trace_tokens is not None:
-            trace = trace._replace(done=trace.done | (jnp.sum(trace.step_lengths, axis=1) >= max_trace_tokens))
         return reasoning.observe_prm(
             "prm", prm, trace, form=form, beta=beta, prompt=prompts[1], hidden_at_end=hidden_at_end
         )

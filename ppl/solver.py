@@ -128,7 +128,7 @@ class Solver:
         """The most tokens a trace can hold: its budget, or every step at its cap."""
         task = self.task
         cap = task.max_steps * task.params.max_tokens
-        return cap if task.max_trace_tokens is None else min(cap, task.max_trace_tokens + task.params.max_tokens - 1)
+        return cap if task.max_trace_tokens is None else min(cap, task.max_trace_tokens)
 
     def _program(self, spec: SearchSpec):
         task = self.task

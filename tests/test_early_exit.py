@@ -1,0 +1,132 @@
+"""The engine at real sizes, on tiny models: early exit (once every particle is done the engine stops
+propagating, and the run is the one that steps through every step: same key, same particles, ancestors
+and weights) and token budgets (caches sized by the budget; a trace is the unbudgeted one, cut)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_reasoning import VOCAB, TablePRM
+
+import ppl
+from inference import SMC, smc
+from inference.entropic import Entropic
+from inference.sharding import Islands
+from models.llama import Config, random_init
+from models.sampling import NO_TOKEN, STOP_CAP, SamplingParams, prefill, sample_step, stop_table_from_bytes
+from ppl import reasoning
+from ppl.search import reasoning_program, top_k_scheme
+
+STEPS, N = 12, 8
+PROMPT = jnp.array([[0, 1]])
+PARAMS = SamplingParams(temperature=1.0, max_tokens=1)
+STOPS = stop_table_from_bytes([bytes([65 + i]) for i in range(VOCAB)], eos_ids=(VOCAB - 2, VOCAB - 1))
+
+
+def program_and_args(seen: set):
+    """One token per step until EOS (about every other step), so every particle is done well before
+    step STEPS; `seen` collects the steps the program really ran."""
+    config = Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_layers=1,
+                    num_heads=2, num_kv_heads=1, head_dim=8)
+    lm = random_init(config, seed=1, scale=0.3)
+    prm = TablePRM(jnp.asarray(np.random.default_rng(0).uniform(0.05, 1.0, (VOCAB, VOCAB)), jnp.float32))
+
+    def init(lm_state, prm, lm):
+        return reasoning.start(lm_state, PROMPT[:, -1], STEPS, PARAMS.max_tokens, share_prompt=True)
+
+    def step(trace, t, lm_state, prm, lm):
+        jax.debug.callback(lambda t: seen.add(int(t)), t)
+        trace = reasoning.write_step("step", lm, trace, PARAMS, STOPS, prompt=lm_state)
+        return reasoning.observe_prm("prm", prm, trace)
+
+    lm_state, _ = reasoning.prefill_prompt(lm, prm, PROMPT, PROMPT.shape[1])
+    return ppl.StateSpaceProgram(init, step, STEPS), (lm_state, prm, lm)
+
+
+STRATEGIES = {
+    "adaptive": ("systematic", 0.5),
+    "entropic-lookahead": (Entropic("ess", preserve_target=True, lookahead=True), 0.5),
+    "beam": (top_k_scheme(4), 1.0),
+    "islands": (Islands(2, exchange_every=3), 0.7),
+}
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_early_exit_gives_the_run_of_every_step(name):
+    strategy, threshold = STRATEGIES[name]
+    seen: set = set()
+    program, args = program_and_args(seen)
+    key = jax.random.key(3)
+    result = jax.jit(SMC(program, N, strategy, threshold).run_unchecked)(key, *args)
+    jax.effects_barrier()
+    ran = max(seen) + 1
+    assert np.asarray(result.particles.done).all() and ran < STEPS  # it did stop early
+
+    def every_step(key):  # the documented step-by-step functions, through every step
+        init_key, scan_key = jax.random.split(key)
+        state, _ = smc.init(program, init_key, N, *args)
+
+        def one(state, xs):
+            return smc.step(program, state, xs[1], xs[0], *args, resampling=strategy, ess_threshold=threshold)
+
+        return jax.lax.scan(one, state, (jnp.arange(STEPS), jax.random.split(scan_key, STEPS)))
+
+    state, info = jax.jit(every_step)(key)
+    np.testing.assert_array_equal(result.particles.steps, state.particles.steps)
+    np.testing.assert_array_equal(result.ancestors, info.ancestors)
+    np.testing.assert_array_equal(result.resampled, info.resampled)
+    np.testing.assert_allclose(result.log_weights, state.log_weights, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(result.log_evidence, state.log_evidence, rtol=1e-6)
+    np.testing.assert_allclose(result.ess, info.ess, rtol=1e-5)
+    if name == "beam":  # beam resamples every step: the settled steps do too
+        assert info.resampled[ran:].all()
+
+
+def test_sample_step_stops_each_row_at_its_limit():
+    config = Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_layers=1,
+                    num_heads=2, num_kv_heads=1, head_dim=8)
+    lm = random_init(config, seed=2, scale=0.3)
+    state = prefill(lm, jnp.repeat(PROMPT, 3, axis=0), None, PROMPT.shape[1] + 5)
+    params, no_stops = SamplingParams(max_tokens=5), stop_table_from_bytes([bytes([65 + i]) for i in range(VOCAB)])
+    key = jax.random.key(0)
+    free = sample_step(lm, key, state, params, no_stops)
+    capped = sample_step(lm, key, state, params, no_stops, limit=jnp.array([3, 0, 9]))
+    np.testing.assert_array_equal(capped.length, [3, 0, 5])
+    np.testing.assert_array_equal(capped.stop, [STOP_CAP] * 3)
+    np.testing.assert_array_equal(capped.tokens[0, :3], free.tokens[0, :3])
+    assert (capped.tokens[0, 3:] == NO_TOKEN).all() and (capped.tokens[1] == NO_TOKEN).all()
+    np.testing.assert_array_equal(capped.tokens[2], free.tokens[2])
+    row_axes = (1, 1, 0, 0, 0)  # k, v, positions, length, next_logits: row 1 wrote nothing
+    for new, old, axis in zip(jax.tree.leaves(capped.state), jax.tree.leaves(state), row_axes, strict=True):
+        np.testing.assert_array_equal(np.take(np.asarray(new), 1, axis), np.take(np.asarray(old), 1, axis))
+
+
+def test_token_budget_sizes_the_caches_and_cuts_the_last_step():
+    """Steps of up to 3 tokens ending at 'B'; a budget of 7 tokens: the LM cache holds 7 slots (not
+    6 steps x 3), every trace is the unbudgeted trace cut at 7 tokens, and a cut step is truncated."""
+    params = SamplingParams(temperature=1.0, max_tokens=3)
+    stops = stop_table_from_bytes([bytes([65 + i]) for i in range(VOCAB)], stop_strings=("B",))
+    config = Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_layers=1,
+                    num_heads=2, num_kv_heads=1, head_dim=8)
+    lm = random_init(config, seed=1, scale=0.3)
+    prm = TablePRM(jnp.asarray(np.random.default_rng(0).uniform(0.05, 1.0, (VOCAB, VOCAB)), jnp.float32))
+    lm_state, _ = reasoning.prefill_prompt(lm, prm, PROMPT, PROMPT.shape[1])
+    steps, budget = 6, 7
+
+    def run(budget):
+        program = reasoning_program(params, stops, steps, max_trace_tokens=budget)
+        return SMC(program, 16, ess_threshold=0.0).run(jax.random.key(4), lm_state, PROMPT[:, -1], lm, prm)
+
+    cut, free = run(budget), run(None)
+    assert cut.particles.lm.cache.positions.shape[-1] == budget  # [N, 1, slots]
+    lengths, free_lengths = np.asarray(cut.particles.step_lengths[:, 0]), np.asarray(free.particles.step_lengths[:, 0])
+    assert (lengths.sum(1) <= budget).all() and (free_lengths.sum(1) > budget).any()
+    for i in range(16):
+        tokens = np.asarray(cut.particles.steps[i, 0])
+        written = np.concatenate([tokens[s, : lengths[i, s]] for s in range(steps)])
+        free_tokens = np.asarray(free.particles.steps[i, 0])
+        free_written = np.concatenate([free_tokens[s, : free_lengths[i, s]] for s in range(steps)])
+        np.testing.assert_array_equal(written, free_written[:budget])
+        ends_at_stop = np.array([lengths[i, s] > 0 and tokens[s, lengths[i, s] - 1] == 1 for s in range(steps)])
+        np.testing.assert_array_equal(cut.particles.truncated[i, 0], (lengths[i] > 0) & ~ends_at_stop)
+    assert np.asarray(cut.particles.done).all()
