@@ -12,6 +12,10 @@ and particles that stopped early all share one code path: `extend` writes a
 chunk's valid tokens compactly after each row's last slot and attends to
 everything valid at an earlier or equal position.
 
+Decoding (`read_filled=True`) attends over the smallest power-of-two prefix of the
+slots that holds every filled one, so a token's attention costs what the trace has
+written, not what the cache could hold.
+
 A read-only `prefix` cache (a prompt prefilled once) can be shared by many
 rows: with P prefix rows and B = P * G rows, row b also attends to prefix row
 b // G. Particles thus keep only their own tokens in their caches, and the
@@ -90,6 +94,26 @@ class KVCache(NamedTuple):
         return KVCache.zeros(layers, batch, capacity, heads, dim, self.k.dtype)
 
 
+@jax.custom_batching.custom_vmap
+def _most(x: jax.Array) -> jax.Array:
+    """max(x), and under `vmap` the max over the vmapped axis too, unbatched: one bound for all."""
+    return jnp.max(x)
+
+
+@_most.def_vmap
+def _most_vmap(axis_size: int, in_batched: list, x: jax.Array) -> tuple[jax.Array, bool]:
+    return _most(jnp.max(x, axis=0) if in_batched[0] else x), False
+
+
+def read_sizes(capacity: int, smallest: int = 64) -> tuple[int, ...]:
+    """How many leading cache slots attention may read: powers of two from `smallest`, then `capacity`."""
+    sizes = []
+    while smallest < capacity:
+        sizes.append(smallest)
+        smallest *= 2
+    return (*sizes, capacity)
+
+
 def rope_inverse_frequencies(config: Config) -> jax.Array:
     """Inverse frequencies of RoPE, with llama3's frequency-dependent scaling if configured."""
     dim = config.head_dim
@@ -141,14 +165,15 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dtype)
         self.config = config
 
-    def __call__(self, x, positions, k_cache, v_cache, layer, dest, key_positions, inv_freq, prefix=None):
+    def __call__(self, x, positions, k_cache, v_cache, layer, dest, key_positions, inv_freq, prefix=None, reach=None):
         """Attend from the chunk `x` [B, T, C] to the cache after writing the chunk into it.
 
         `k_cache`/`v_cache` are every layer's caches (`KVCache`'s layouts); this layer's is
         `layer`, updated in place (no per-layer slice and re-stack of the whole cache).
         `dest` [B, T] is each token's cache slot (out of range for padding: dropped);
         `key_positions` [B, S] the slots' positions after the write; `prefix` a shared
-        read-only `KVCache` attended to first (see the module docstring).
+        read-only `KVCache` attended to first (see the module docstring). `reach`: (index,
+        sizes), read only the first `sizes[index]` slots (they hold every filled one).
         """
         c = self.config
         batch, length, _ = x.shape
@@ -163,15 +188,29 @@ class Attention(nnx.Module):
         k_cache = k_cache.at[layer, rows, :, dest].set(k.astype(k_cache.dtype), mode="drop")
         v_cache = v_cache.at[layer, rows, :, :, dest].set(v.astype(v_cache.dtype), mode="drop")
         keys, values = k_cache[layer], v_cache[layer]  # [B, K, S, D], [B, K, D, S]
+        if reach is None:
+            out = self._attend(q, keys, values, key_positions, positions, layer, prefix)
+        else:
+            index, sizes = reach
 
+            def first(size: int):
+                return lambda: self._attend(q, keys[:, :, :size], values[..., :size], key_positions[:, :size],
+                                            positions, layer, prefix)
+
+            out = jax.lax.switch(index, [first(size) for size in sizes])
+        return self.o_proj(out.reshape(batch, length, -1)), k_cache, v_cache
+
+    def _attend(self, q, keys, values, key_positions, positions, layer, prefix):
+        """Attention of `q` [B, T, H, D] over `keys`/`values` (and the prefix's): [B, T, K, G, D]."""
+        c = self.config
+        batch, length = q.shape[:2]
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(batch, length, c.num_kv_heads, groups, c.head_dim)
         scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32)
         scores = jnp.where(self._visible(key_positions, positions)[:, None, None], scores, MASK_VALUE)
         if prefix is None:
             probs = jax.nn.softmax(scores / math.sqrt(c.head_dim), axis=-1).astype(values.dtype)
-            out = jnp.einsum("bkgts,bkds->btkgd", probs, values)
-            return self.o_proj(out.reshape(batch, length, -1)), k_cache, v_cache
+            return jnp.einsum("bkgts,bkds->btkgd", probs, values)
 
         shared = prefix.positions.shape[0]  # prefix rows; row b reads prefix row b // (batch / shared)
         by_prefix = lambda a: a.reshape(shared, batch // shared, *a.shape[1:])
@@ -186,8 +225,7 @@ class Attention(nnx.Module):
         probs = jax.nn.softmax(both, axis=-1).astype(values.dtype)
         from_prefix = probs[..., : prefix.capacity]
         out = jnp.einsum("bkgts,bkds->btkgd", probs[..., prefix.capacity :], values)
-        out += jnp.einsum("prkgts,pkds->prtkgd", by_prefix(from_prefix), prefix_values).reshape(out.shape)
-        return self.o_proj(out.reshape(batch, length, -1)), k_cache, v_cache
+        return out + jnp.einsum("prkgts,pkds->prtkgd", by_prefix(from_prefix), prefix_values).reshape(out.shape)
 
     def _visible(self, key_positions: jax.Array, positions: jax.Array) -> jax.Array:
         """[B, T, S]: query t may read slot s (filled, not in its future, inside the window)."""
@@ -215,9 +253,9 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = MLP(config, dtype, rngs)
 
-    def __call__(self, x, positions, k_cache, v_cache, layer, dest, key_positions, inv_freq, prefix=None):
+    def __call__(self, x, positions, k_cache, v_cache, layer, dest, key_positions, inv_freq, prefix=None, reach=None):
         attn, k_cache, v_cache = self.self_attn(
-            self.input_layernorm(x), positions, k_cache, v_cache, layer, dest, key_positions, inv_freq, prefix
+            self.input_layernorm(x), positions, k_cache, v_cache, layer, dest, key_positions, inv_freq, prefix, reach
         )
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), k_cache, v_cache
@@ -245,13 +283,22 @@ class Llama(nnx.Module):
         return KVCache.zeros(c.num_layers, batch_size, capacity, c.num_kv_heads, c.head_dim, self.dtype)
 
     def hidden_states(
-        self, tokens: jax.Array, cache: KVCache, mask: jax.Array | None = None, prefix: KVCache | None = None
+        self,
+        tokens: jax.Array,
+        cache: KVCache,
+        mask: jax.Array | None = None,
+        prefix: KVCache | None = None,
+        read_filled: bool = False,
     ) -> tuple[jax.Array, KVCache]:
         """Append `tokens` [B, T] (where `mask` is True) to `cache`; final-norm hidden states [B, T, C].
 
         Valid tokens of a row are stored contiguously after the row's last slot and
         take consecutive positions, whatever the padding pattern of the chunk. With a
         shared `prefix` (P rows, P dividing B) each row continues after its prefix row.
+        `read_filled`: attention reads the cache only up to the smallest of `read_sizes`
+        that holds every row's filled slots (under `vmap`, every vmapped row's: the branch
+        index stays unbatched, so a `lax.switch` picks one branch), so a token costs what
+        the trace has written, not the cache's capacity.
         """
         if mask is None:
             mask = jnp.ones(tokens.shape, bool)
@@ -268,10 +315,15 @@ class Llama(nnx.Module):
         key_positions = cache.positions.at[rows, dest].set(positions, mode="drop")
         inv_freq = rope_inverse_frequencies(self.config)
 
+        reach = None
+        if read_filled:
+            sizes = read_sizes(cache.capacity)
+            filled = _most(cache.length + jnp.sum(mask, axis=1, dtype=jnp.int32))
+            reach = (jnp.searchsorted(jnp.asarray(sizes), filled), sizes)
         x = self.embed_tokens(jnp.where(mask, tokens, 0))
         k, v = cache.k, cache.v
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, positions, k, v, i, dest, key_positions, inv_freq, prefix)
+            x, k, v = layer(x, positions, k, v, i, dest, key_positions, inv_freq, prefix, reach)
         cache = KVCache(
             k=k,
             v=v,
@@ -289,10 +341,15 @@ class Llama(nnx.Module):
         return out.astype(jnp.float32)
 
     def extend(
-        self, tokens: jax.Array, cache: KVCache, mask: jax.Array | None = None, prefix: KVCache | None = None
+        self,
+        tokens: jax.Array,
+        cache: KVCache,
+        mask: jax.Array | None = None,
+        prefix: KVCache | None = None,
+        read_filled: bool = False,
     ) -> tuple[jax.Array, KVCache]:
-        """Cached forward of a chunk: (logits [B, T, V], updated cache)."""
-        hidden, cache = self.hidden_states(tokens, cache, mask, prefix)
+        """Cached forward of a chunk: (logits [B, T, V], updated cache); `read_filled`: see `hidden_states`."""
+        hidden, cache = self.hidden_states(tokens, cache, mask, prefix, read_filled)
         return self.logits(hidden), cache
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:

@@ -119,12 +119,12 @@ class PRM(nnx.Module):
                 mask = mask | tag_at
                 count = count + (count > 0)
             else:
-                hidden, kept = self.model.hidden_states(tokens, cache, mask, prefix)
-                tag_hidden, _ = self.model.hidden_states(tokens, cache, mask | tag_at, prefix)
+                hidden, kept = self.model.hidden_states(tokens, cache, mask, prefix, read_filled=True)
+                tag_hidden, _ = self.model.hidden_states(tokens, cache, mask | tag_at, prefix, read_filled=True)
                 last = jnp.maximum(count, 0)
                 reward = self.rewards_from_hidden(jnp.take_along_axis(tag_hidden, last[:, None, None], axis=1)[:, 0])
                 return reward, kept
-        hidden, cache = self.model.hidden_states(tokens, cache, mask, prefix)
+        hidden, cache = self.model.hidden_states(tokens, cache, mask, prefix, read_filled=True)
         last = jnp.maximum(count - 1, 0)
         return self.rewards_from_hidden(jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]), cache
 

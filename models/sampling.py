@@ -331,7 +331,7 @@ def _sample_rows(
         history, stop_index = match_stops(c["history"], token, stops)
         is_eos = jnp.any(token[:, None] == stops.eos_ids[None, :], axis=1)
         stop = jnp.where(is_eos, STOP_EOS, jnp.where(stop_index >= 0, STOP_STRING + stop_index, STOP_CAP))
-        logits_new, cache = lm.extend(token[:, None], c["state"].cache, run[:, None], prefix)
+        logits_new, cache = lm.extend(token[:, None], c["state"].cache, run[:, None], prefix, read_filled=True)
         next_logits = jnp.where(run[:, None], logits_new[:, 0], logits)
         where = lambda new, old: jnp.where(run, new, old)
         return dict(

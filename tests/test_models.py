@@ -153,6 +153,41 @@ def test_shared_prefix_equals_a_copied_prompt(window, prompt_rows):
         lm.extend(steps[:3], lm.init_cache(3, 3), None, lm.init_cache(2, 5))
 
 
+@pytest.mark.parametrize("shared_prompt", [False, True])
+def test_reading_the_filled_part_of_a_big_cache_gives_the_same_logits(shared_prompt):
+    """`read_filled` attends over the smallest `read_sizes` bucket holding every filled slot: the logits
+    of a full read (to float rounding: the sums run over fewer zeros); under `vmap` the branch index stays unbatched
+    (a `cond` in the jaxpr, not a `select` of every bucket)."""
+    from models.llama import Config, KVCache, random_init, read_sizes
+
+    assert read_sizes(300) == (64, 128, 256, 300) and read_sizes(64) == (64,)
+    config = Config(vocab_size=11, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=4,
+                    num_kv_heads=2, head_dim=8)
+    lm = random_init(config, seed=0, scale=0.5)
+    rng = np.random.default_rng(1)
+    prompt = jnp.asarray(rng.integers(0, 11, (1, 5)))
+    prefix = lm.extend(prompt, lm.init_cache(1, 5))[1] if shared_prompt else None
+    cache = lm.init_cache(3, 1000)
+    filled = jnp.arange(70)[None, :] < jnp.array([70, 9, 0])[:, None]  # rows holding 70, 9 and 0 tokens
+    cache = lm.extend(jnp.asarray(rng.integers(0, 11, (3, 70))), cache, filled, prefix)[1]
+    token = jnp.asarray(rng.integers(0, 11, (3, 1)))
+    full, full_cache = lm.extend(token, cache, None, prefix)
+    read, read_cache = lm.extend(token, cache, None, prefix, read_filled=True)  # reads 128 of 1000 slots
+    np.testing.assert_allclose(read, full, atol=2e-5)
+    for a, b in zip(jax.tree.leaves(read_cache), jax.tree.leaves(full_cache), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5)  # later layers' keys follow earlier layers' attention
+
+    def one(token, row):  # one row's cache, its batch axis restored
+        row = KVCache(row.k[:, None], row.v[:, None], row.positions[None], row.length[None])
+        return lm.extend(token[None], row, None, prefix, read_filled=True)[0][0]
+
+    if prefix is None:
+        vmapped = jax.vmap(one, in_axes=(0, KVCache(1, 1, 0, 0)))
+        np.testing.assert_allclose(jax.jit(vmapped)(token, cache), full, atol=2e-5)
+        jaxpr = str(jax.make_jaxpr(vmapped)(token, cache))
+        assert "cond[" in jaxpr  # a batched index would have turned the switch into a select of every branch
+
+
 def test_loads_are_quiet_without_pytorch():
     """transformers advises installing PyTorch when it is missing; loading our Flax models stays silent."""
     import os
