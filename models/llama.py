@@ -333,12 +333,13 @@ class Llama(nnx.Module):
         return self.norm(x), cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """Project hidden states to vocabulary logits (float32)."""
+        """Project hidden states to vocabulary logits, accumulated and returned in float32 whatever the
+        weights' dtype (a bf16 model's logits are not rounded to bf16 before sampling)."""
         if self.config.tie_embeddings:
-            out = self.embed_tokens.attend(hidden)
+            weight = self.embed_tokens.embedding[...].T
         else:
-            out = self.lm_head(hidden)
-        return out.astype(jnp.float32)
+            weight = self.lm_head.kernel[...]
+        return jnp.dot(hidden, weight, preferred_element_type=jnp.float32)
 
     def extend(
         self,

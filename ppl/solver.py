@@ -84,7 +84,9 @@ class Solver:
     `prm_tokenizer`, e.g. `ppl.prompting.prm_prompt`). `eos_ids`: every id that ends a trace
     (default: the tokenizer's EOS). `aggregation` overrides each method's PRM aggregation
     (`readout.AGGREGATIONS`). `batch_rows`: particle rows run together (problems per run =
-    `batch_rows // particles`; their caches are what fills memory). `step_text_only`: a model PRM
+    `batch_rows // particles`; their caches are what fills memory); `memory_bytes` instead plans it: the
+    most problems per run (a power of two) whose compiled program fits, by XLA's own accounting of it
+    (`plan_rows`). `step_text_only`: a model PRM
     sees each step without its trailing delimiter and EOS, then its own step tag (its training
     format); off, it reads the LM's tokens as written (what the shipped pair's figures were
     measured with).
@@ -102,6 +104,7 @@ class Solver:
         eos_ids: tuple[int, ...] | None = None,
         aggregation: str | None = None,
         batch_rows: int = batching.PARTICLE_ROWS,
+        memory_bytes: int | None = None,
         step_text_only: bool = False,
     ):
         self.task, self.lm, self.tokenizer = task, lm, tokenizer
@@ -116,7 +119,7 @@ class Solver:
         )
         if aggregation is not None and aggregation not in readout.AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {readout.AGGREGATIONS}, got {aggregation!r}")
-        self.aggregation, self.batch_rows = aggregation, batch_rows
+        self.aggregation, self.batch_rows, self.memory_bytes = aggregation, batch_rows, memory_bytes
         self.compiled = CompiledRuns(self._program)
 
     @property
@@ -208,17 +211,45 @@ class Solver:
                 texts = [self.prm_prompt(p) for p in problems]
                 prm_tokens, prm_mask = batching.encode_prompts(self.prm_tokenizer, texts)
             self._check_context(self.prm.model, int(prm_mask.sum(-1).max()), self.task.max_steps, "PRM")
-        for chunk, padded in batching.chunks(len(problems), spec.particles, self.batch_rows):
+
+        def arguments(chunk: list[int], padded: list[int]) -> tuple:
             if self.verifier is None:
                 judge = PRMInput(jnp.asarray(prm_tokens[padded]), jnp.asarray(prm_mask[padded]))
             else:
                 judge = self._contexts([problems[i] for i in padded])
             keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), chunk[0]), len(padded))
-            args = (keys, jnp.asarray(tokens[padded]), jnp.asarray(mask[padded]), judge, self.lm, self.prm)
+            return keys, jnp.asarray(tokens[padded]), jnp.asarray(mask[padded]), judge, self.lm, self.prm
+
+        rows = self.batch_rows
+        if self.memory_bytes is not None:
+            rows = self.plan_rows(spec, len(problems), lambda size: arguments([0], [0] * size))
+        for chunk, padded in batching.chunks(len(problems), spec.particles, rows):
+            args = arguments(chunk, padded)
             run = self.compiled.get(spec, args)
             began = time.perf_counter()
             result = to_host(run(*args))
             yield chunk, result, (time.perf_counter() - began) / len(chunk)
+
+    def plan_rows(self, spec: SearchSpec, num_problems: int, arguments: Callable[[int], tuple]) -> int:
+        """Particle rows per run under `memory_bytes`: problems per run doubled while the compiled
+        program (`arguments(size)`'s shapes) fits, up to every problem. InputError if one does not."""
+        size, fits = 1, 0
+        while True:
+            need = peak_bytes(self.compiled.get(spec, arguments(size)))
+            LOGGER.info(f"memory plan: {size} problem(s) per run need {need} bytes ({need / 2**30:.3f} GiB)")
+            if need > self.memory_bytes:
+                break
+            fits = size
+            if size >= num_problems:
+                break
+            size *= 2
+        if not fits:
+            raise InputError(
+                f"one problem at {spec.particles} particles needs {need / 2**30:.2f} GiB (weights, caches and "
+                f"temporaries of the compiled run), more than --memory {self.memory_bytes / 2**30:g} GiB; lower "
+                "--particles or --max-tokens, or raise --memory"
+            )
+        return fits * spec.particles
 
     def particle_texts(self, result: SearchResult, row: int) -> list[list[str]]:
         """Every particle's steps, as text, for row `row` of a result from `runs`."""
@@ -228,6 +259,14 @@ class Solver:
         """The verifier's initial judge state of each problem, stacked."""
         contexts = [self.verifier.context(p) for p in problems]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *contexts)
+
+
+def peak_bytes(compiled: Any) -> int:
+    """Device memory a compiled program needs by XLA's own accounting: its arguments (weights
+    included), outputs and temporaries, less the buffers it aliases."""
+    stats = compiled.memory_analysis()
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+            - stats.alias_size_in_bytes)
 
 
 def to_host(tree: Any) -> Any:

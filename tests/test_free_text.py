@@ -5,6 +5,7 @@ The checkpoints are tiny random-weight chat models built by `tests/fixtures/make
 """
 
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -215,3 +216,33 @@ def test_a_hugging_face_id_loads_from_the_local_cache_only(tmp_path, monkeypatch
     assert lm.config.vocab_size == len(tok) == 384
     with pytest.raises(models.CheckpointError, match="local Hugging Face cache"):
         models.load("acme/not-downloaded")
+
+
+def test_memory_plans_the_problems_per_run_from_the_compiled_program(tmp_path, capsys):
+    """`--memory` doubles the problems per run while XLA's accounting of the compiled run fits: all three
+    problems at once (padded to 4) with room to spare, one at a time between the 1- and 2-problem needs, and a
+    one-line error below what one problem needs."""
+    three = [*MATH, {"problem": "What is 2+2?", "answer": "4"}]
+    code, records = run_solve(tmp_path, three, "--method", "pf", "--particles", "2", "--memory", "64")
+    assert code == 0 and len(records) == 3
+    plan = re.findall(r"memory plan: (\d+) problem\(s\) per run need (\d+) bytes", capsys.readouterr().err)
+    needs = {int(k): int(v) / 2**30 for k, v in plan}
+    assert sorted(needs) == [1, 2, 4] and needs[1] < needs[2] < needs[4]
+    between = f"{(needs[1] + needs[2]) / 2:.9f}"
+    code, records = run_solve(tmp_path, three, "--method", "pf", "--particles", "2", "--memory", between)
+    assert code == 0 and len(records) == 3
+    assert sorted(map(int, re.findall(r"memory plan: (\d+) problem", capsys.readouterr().err))) == [1, 2]
+    code, _ = run_solve(tmp_path, three, "--method", "pf", "--particles", "2", "--memory", f"{needs[1] / 2:.9f}")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("ppl solve: error: one problem at 2 particles needs")
+
+
+def test_solve_in_bfloat16_end_to_end(tmp_path, capsys):
+    """bf16 weights and caches, float32 logits (accumulated in float32, not rounded to bf16 first)."""
+    lm, _ = models.load(checkpoint("qwen2_chat"), "bfloat16")
+    logits, cache = lm.extend(jnp.asarray([[1, 2, 3]]), lm.init_cache(1, 4))
+    assert cache.k.dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+    assert np.unique(np.asarray(logits)).size > np.unique(np.asarray(logits.astype(jnp.bfloat16))).size
+    code, records = run_solve(tmp_path, MATH, "--method", "pf", "--particles", "2", "--dtype", "bfloat16")
+    assert code == 0, capsys.readouterr().err
+    assert len(records) == 2 and all(0 < r["tokens"] <= 2 * 3 * 8 for r in records)

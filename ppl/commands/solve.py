@@ -85,8 +85,12 @@ def _register_free_text(subparsers: argparse._SubParsersAction) -> None:
                             "(default: each method's own; see ppl.search)")
     solve.add_argument("--question-field", help="the input field holding the question (default: detected)")
     solve.add_argument("--answer-field", help="the input field holding the gold answer (default: answer)")
-    solve.add_argument("--batch-rows", type=int,
-                       help="particle rows run at once (problems per run = rows / particles; default: one problem)")
+    rows = solve.add_mutually_exclusive_group()
+    rows.add_argument("--batch-rows", type=int,
+                      help="particle rows run at once (problems per run = rows / particles; default: one problem)")
+    rows.add_argument("--memory", type=float, metavar="GIB",
+                      help="device memory to fill: run as many problems at once (a power of two) as the compiled "
+                           "program fits in, by XLA's own memory accounting")
     solve.set_defaults(run=run_free_text)
 
 
@@ -117,6 +121,8 @@ def run_free_text(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.memory is not None and not args.memory > 0:
+        raise InputError(f"--memory must be a positive number of GiB, got {args.memory}")
     without_prm = args.prm.lower() == "none"
     if without_prm and args.method not in METHODS_WITHOUT_PRM:
         raise InputError(f"--method {args.method} needs a PRM; with --prm none use {' or '.join(METHODS_WITHOUT_PRM)}")
@@ -157,7 +163,8 @@ def run_free_text(args: argparse.Namespace) -> int:
         prm_prompt = lambda problem: render(problem.question)
     solver = Solver(task, lm, tokenizer, prm, prm_prompt=prm_prompt, prm_tokenizer=prm_tokenizer,
                     eos_ids=defaults.eos_ids, aggregation=args.prm_aggregate,
-                    batch_rows=args.batch_rows or spec.particles, step_text_only=True)
+                    batch_rows=args.batch_rows or spec.particles, step_text_only=True,
+                    memory_bytes=None if args.memory is None else int(args.memory * 2**30))
     return _solve_and_write(solver, problems, spec, args.seed, out, "solve", args.quiet)
 
 
