@@ -355,9 +355,10 @@ def _steps_until_done(
     """``lax.scan(body, state, xs)`` that stops propagating once every particle is done.
 
     The remaining steps would propagate nothing (a done particle's increment is exactly 0) and
-    only resample; ``settle`` runs them on an index array, so they cost [N]-sized work and one
-    gather at the end, and the run is the scan's bit for bit. Only the deterministic records of
-    those steps differ: zeros instead of what the frozen particles' discarded steps computed.
+    only resample; ``settle`` runs them on an index array (the same resampling decisions on the
+    same weights), so they cost [N]-sized work and one gather at the end, and the run is the
+    scan's. Only the deterministic records of those steps differ: zeros instead of what the
+    frozen particles' discarded steps computed.
     """
     steps, keys = xs
     num_steps = steps.shape[0]
