@@ -2,12 +2,13 @@
 
 Qwen2.5-Math-1.5B as the LM and a Qwen2.5-Math-PRM-7B-shaped PRM (the configs below are theirs), weights
 abstract (shapes and dtype only: nothing is allocated or downloaded), bf16, one problem of a 256-token prompt,
-`--max-steps 40 --max-step-tokens 256 --max-tokens 4096`. The program is the solver's own (prefill, then
+`--max-steps 40 --max-step-tokens 256 --max-tokens 4096` by default. The program is the solver's own (prefill, then
 SMC over the reasoning program), compiled for this machine's backend; `compiled.memory_analysis()` splits it
 into arguments (weights, prompts), outputs, temporaries and aliased buffers. The floor it is compared with
 is the weights plus every particle's KV caches at the budget (LM: B slots, PRM: B + max_steps).
 
-    python benchmarks/memory_real.py [--particles 16,64] [--budget 4096] [--out benchmarks/results/memory_real.json]
+    python benchmarks/memory_real.py [--particles 16,64] [--budget 4096] [--step-tokens 256]
+        [--out benchmarks/results/memory_real.json]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ QWEN_MATH_1_5B = Config(vocab_size=151936, hidden_size=1536, intermediate_size=8
 QWEN_MATH_PRM_7B = Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28,
                           num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6, rope_theta=10000.0, attention_bias=True,
                           max_position_embeddings=32768)
-PROMPT, STEPS, STEP_TOKENS = 256, 40, 256
+PROMPT, STEPS = 256, 40
 
 
 def abstract_models(dtype) -> tuple[Llama, PRM]:
@@ -52,10 +53,10 @@ def cache_bytes(config: Config, slots: int, itemsize: int) -> int:
     return 2 * config.num_layers * config.num_kv_heads * config.head_dim * slots * itemsize
 
 
-def measure(particles: int, budget: int, dtype) -> dict:
+def measure(particles: int, budget: int, step_tokens: int, dtype) -> dict:
     lm, prm = abstract_models(dtype)
     stops = stop_table_from_bytes([b"x"] * QWEN_MATH_PRM_7B.vocab_size, ("\n\n",), (151643, 151645))
-    params = SamplingParams(temperature=0.7, top_p=0.8, max_tokens=STEP_TOKENS)
+    params = SamplingParams(temperature=0.7, top_p=0.8, max_tokens=step_tokens)
     program = reasoning_program(params, stops, STEPS, max_trace_tokens=budget)
     engine = SearchSpec("pf", particles).engine(program)
 
@@ -72,7 +73,7 @@ def measure(particles: int, budget: int, dtype) -> dict:
     caches = particles * (cache_bytes(QWEN_MATH_1_5B, budget, itemsize)
                           + cache_bytes(QWEN_MATH_PRM_7B, budget + STEPS, itemsize))
     total = peak_bytes(compiled)
-    return {"particles": particles, "budget": budget, "dtype": jnp.dtype(dtype).name,
+    return {"particles": particles, "budget": budget, "step_tokens": step_tokens, "dtype": jnp.dtype(dtype).name,
             "total_bytes": total, "temp_bytes": stats.temp_size_in_bytes,
             "argument_bytes": stats.argument_size_in_bytes, "output_bytes": stats.output_size_in_bytes,
             "weight_bytes": weights, "cache_bytes_at_budget": caches,
@@ -84,12 +85,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", default="16,64")
     parser.add_argument("--budget", type=int, default=4096)
+    parser.add_argument("--step-tokens", type=int, default=256, help="--max-step-tokens")
     parser.add_argument("--out", default="benchmarks/results/memory_real.json")
     args = parser.parse_args(argv)
-    rows = [measure(int(n), args.budget, jnp.bfloat16) for n in args.particles.split(",")]
+    rows = [measure(int(n), args.budget, args.step_tokens, jnp.bfloat16) for n in args.particles.split(",")]
     gib = 2**30
-    print(f"pf, Qwen2.5-Math-1.5B + 7B PRM shapes, bf16, one {PROMPT}-token prompt, {STEPS} steps x {STEP_TOKENS}, "
-          f"budget {args.budget} ({jax.default_backend()}, XLA memory analysis)")
+    print(f"pf, Qwen2.5-Math-1.5B + 7B PRM shapes, bf16, one {PROMPT}-token prompt, {STEPS} steps x "
+          f"{args.step_tokens}, budget {args.budget} ({jax.default_backend()}, XLA memory analysis)")
     print(f"{'N':>4}{'total GiB':>11}{'weights':>9}{'caches':>8}{'temps':>8}{'total/floor':>13}{'temp share':>12}")
     for r in rows:
         print(f"{r['particles']:>4}{r['total_bytes'] / gib:>11.1f}{r['weight_bytes'] / gib:>9.1f}"
