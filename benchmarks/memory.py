@@ -23,6 +23,7 @@ from ppl.commands.shipped import load_models
 from ppl.reasoning import prefill_prompt
 from ppl.search import SearchSpec, reasoning_program
 from ppl.solver import Solver
+from ppl.solver import peak_bytes as compiled_peak_bytes
 from ppl.tasks import TASKS
 
 
@@ -38,12 +39,11 @@ def peak_bytes(solver: Solver, particles: int, prompt_length: int, share_prompt:
         return pf(key, lm_state, judge, lm, prm)
 
     args = (jax.random.key(0), jnp.ones((1, prompt_length), jnp.int32), solver.lm, solver.prm)
-    stats = jax.jit(run).lower(*args).compile().memory_analysis()
+    compiled = jax.jit(run).lower(*args).compile()
     particles_out = jax.eval_shape(run, *args).particles
     return {
-        "peak_bytes": stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-        - stats.alias_size_in_bytes,
-        "temp_bytes": stats.temp_size_in_bytes,
+        "peak_bytes": compiled_peak_bytes(compiled),
+        "temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
         "particle_state_bytes": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(particles_out)) // particles,
     }
 
