@@ -54,9 +54,9 @@ from models.tokenizer import train_bpe
 from ppl.progress import LOGGER, bar, reporting
 from ppl.tasks import EVAL_SEED, TASKS, Task
 
-SEQ_LEN = 72  # longest training sequence is 69 tokens (an arithmetic trace)
+SEQ_LEN = 80  # longest training sequence is 76 tokens (a Countdown trace with its pools)
 PROMPT_LEN = 24  # prompts are left-padded to this for sampling
-STEP_TOKENS = 20  # token cap of one sampled step
+STEP_TOKENS = 24  # token cap of one sampled step (the longest written step has 21)
 SAMPLE_STEPS = 5  # steps sampled per trace (arithmetic: 4 operations + answer line)
 PRM_LEN = 96  # PRM inputs are cut here; tags beyond are dropped
 PRM_TAGS = {"prm_type": "token", "step_tag": "\n", "good_token": "+", "bad_token": "-"}
@@ -285,11 +285,24 @@ def text_steps(tok: Any, lines: list[str]) -> list[list[int]]:
 
 
 def prm_examples(
-    tok: Any, rng: np.random.Generator, sampler: Callable, params: Any, key: jax.Array, n_sampled: int, n_other: int
+    tok: Any,
+    rng: np.random.Generator,
+    sampler: Callable,
+    params: Any,
+    key: jax.Array,
+    n_sampled: int,
+    n_other: int,
+    per_problem: int = 1,
 ) -> list[Scored]:
-    """`n_sampled` LM-sampled traces and `n_other` each of corrupted traces and correct solutions."""
+    """`n_sampled` LM-sampled traces, `per_problem` of each problem, and `n_other` each of corrupted traces
+    and correct solutions.
+
+    Several samples of one problem are on-policy contrast: the LM's right and wrong traces of the same
+    question, which is what the PRM must tell apart when a search selects among them.
+    """
     examples = []
-    for p, steps in zip(pool := mixed(rng, n_sampled), sample_traces(sampler, params, tok, key, pool), strict=True):
+    pool = [p for p in mixed(rng, n_sampled // per_problem) for _ in range(per_problem)]
+    for p, steps in zip(pool, sample_traces(sampler, params, tok, key, pool), strict=True):
         examples.append(scored(tok, p, steps, "sampled"))
     for p in mixed(rng, n_other):
         examples.append(scored(tok, p, text_steps(tok, p.task.training.corrupted(p.problem, rng)), "corrupted"))
@@ -298,15 +311,27 @@ def prm_examples(
     return [e for e in examples if e is not None]
 
 
-def prm_arrays(examples: list[Scored], pad: int) -> tuple[np.ndarray, ...]:
-    """(ids, attention mask, tag mask, labels) arrays [N, PRM_LEN]."""
+def class_weights(examples: list[Scored]) -> dict[tuple[str, int], float]:
+    """Loss weight of a step by (task, label): each task's good and bad steps weigh half of its steps each."""
+    counts: dict[tuple[str, int], int] = {}
+    for e in examples:
+        for label in e.labels:
+            counts[e.task, label] = counts.get((e.task, label), 0) + 1
+    totals = {task: sum(c for (t, _), c in counts.items() if t == task) for task, _ in counts}
+    return {(task, label): totals[task] / (2 * c) for (task, label), c in counts.items()}
+
+
+def prm_arrays(examples: list[Scored], pad: int, balance: bool = False) -> tuple[np.ndarray, ...]:
+    """(ids, attention mask, tag weights, labels) arrays [N, PRM_LEN]; a tag weighs 1, or its class's
+    `class_weights` with `balance`."""
     n = len(examples)
     ids = np.full((n, PRM_LEN), pad, np.int32)
     tags = np.zeros((n, PRM_LEN), np.float32)
     labels = np.zeros((n, PRM_LEN), np.float32)
+    weights = class_weights(examples) if balance else {}
     for row, e in enumerate(examples):
         ids[row, : len(e.ids)] = e.ids
-        tags[row, e.tags] = 1.0
+        tags[row, e.tags] = [weights.get((e.task, label), 1.0) for label in e.labels]
         labels[row, e.tags] = e.labels
     mask = np.zeros((n, PRM_LEN), bool)
     for row, e in enumerate(examples):
@@ -394,15 +419,19 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="models/shipped", help="writes OUT/lm and OUT/prm")
     parser.add_argument("--seed", type=int, default=0, help=f"data and init seed (must differ from {EVAL_SEED})")
-    parser.add_argument("--lm-steps", type=int, default=3000)
+    parser.add_argument("--lm-steps", type=int, default=6000)
     parser.add_argument("--lm-batch", type=int, default=32)
     parser.add_argument("--lm-lr", type=float, default=3e-3)
-    parser.add_argument("--countdown-share", type=float, default=0.5,
+    parser.add_argument("--countdown-share", type=float, default=0.6,
                         help="share of Countdown problems in the LM's data (the rest arithmetic; the PRM's stays 1/2)")
-    parser.add_argument("--prm-steps", type=int, default=600)
-    parser.add_argument("--prm-batch", type=int, default=16)
+    parser.add_argument("--prm-steps", type=int, default=3000)
+    parser.add_argument("--prm-batch", type=int, default=32)
     parser.add_argument("--prm-lr", type=float, default=1e-3)
-    parser.add_argument("--prm-sampled", type=int, default=3000, help="LM-sampled PRM training traces")
+    parser.add_argument("--prm-sampled", type=int, default=24000, help="LM-sampled PRM training traces")
+    parser.add_argument("--prm-per-problem", type=int, default=8,
+                        help="LM samples of each PRM training problem (on-policy contrast within a problem)")
+    parser.add_argument("--prm-balance", action=argparse.BooleanOptionalAction, default=True,
+                        help="weigh good and bad steps equally in the PRM's loss (per task)")
     parser.add_argument("--prm-other", type=int, default=1000, help="corrupted traces, and as many correct ones")
     parser.add_argument("--eval-problems", type=int, default=200, help="held-out problems per task")
     parser.add_argument("--log-every", type=int, default=100)
@@ -414,8 +443,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     """Train the LM (or reuse `--lm`) and the PRM, evaluate both, write them and their model cards."""
+    flags = {k: v for k, v in vars(args).items() if k not in ("log_every", "lm", "quiet")}
     command = "python -m ppl.train " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("log_every", "lm", "quiet")
+        ("--" if v is not False else "--no-") + k.replace("_", "-") + ("" if isinstance(v, bool) else f" {v}")
+        for k, v in flags.items()
     )
     out = Path(args.out)
     total_start = time.time()
@@ -453,7 +484,9 @@ def run(args: argparse.Namespace) -> None:
 
     # PRM
     start = time.time()
-    examples = prm_examples(tok, prm_rng, sampler, lm_params, key_prm, args.prm_sampled, args.prm_other)
+    examples = prm_examples(
+        tok, prm_rng, sampler, lm_params, key_prm, args.prm_sampled, args.prm_other, args.prm_per_problem
+    )
     data_time = time.time() - start
     stats = {
         source: f"{sum(e.source == source for e in examples)} traces, "
@@ -468,7 +501,7 @@ def run(args: argparse.Namespace) -> None:
         return jnp.sum(bce * tags) / jnp.maximum(jnp.sum(tags), 1.0)
 
     prm = nnx.merge(graphdef, jax.tree.map(jnp.copy, lm_params))
-    batches = prm_batches(prm_arrays(examples, tok.pad_token_id), prm_rng, args.prm_batch)
+    batches = prm_batches(prm_arrays(examples, tok.pad_token_id, args.prm_balance), prm_rng, args.prm_batch)
     start = time.time()
     prm, prm_final = train(prm, prm_loss, batches, args.prm_steps, args.prm_lr, args.log_every, "prm")
     prm_time = time.time() - start
@@ -493,7 +526,9 @@ def run(args: argparse.Namespace) -> None:
         "architecture": f"{arch}; {num_parameters(prm):,} parameters; initialised from the shipped LM",
         "convention": "Math-Shepherd token PRM: at each step's final token (\"\\n\") P(good) = softmax over the "
         "logits of `+` (good) and `-` (bad); input `[<bos>] prompt steps` with the LM's token ids",
-        "data": f"{stats}; each task with probability 1/2; labels from the oracle `step_labels`",
+        "data": f"{stats}; sampled at temperature 1, {args.prm_per_problem} per problem; each task with "
+        "probability 1/2; labels from the oracle `step_labels`"
+        + ("; good and bad steps weigh equally in the loss (per task)" if args.prm_balance else ""),
         "steps / batch / peak lr": f"{args.prm_steps} / {args.prm_batch} / {args.prm_lr}",
         "loss": "binary cross-entropy of the `+`/`-` logit difference at step tags",
         "final loss (mean of last log window)": f"{prm_final:.4f}",

@@ -62,20 +62,29 @@ JUNK = [
     "answer 0", "answer  21", "answer21", "Answer 21", "answer 21 ", " answer 21\n", "answer -3", "answer 2 1",
     "answer", "answer ", "7*3=21 answer", "answer 21\n7*3=21", "123456789*1=123456789", "1234567890+1=1234567891",
     "answer 1234567890", "<eos>", "7*3=21<eos>", "ANSWER 3", "é",
+    "7*3=21 (12 21 25)", " 7*3=21 (25 12 21)\n", "7*3=21 (21)", "7*3=21 (1 2 3 4)", "7*3=21 (1 2 3 4 5)",
+    "7*3=21(12 21 25)", "7*3=21  (12 21)", "7*3=21 (12  21)", "7*3=21 ( 12)", "7*3=21 (12 )", "7*3=21 ()",
+    "7*3=21 (012 21)", "7*3=21 (0 21)", "7*3=21 (12 21", "7*3=21 12 21)", "7*3=21 (12) (3)", "7*3=21 (1+2)",
+    "7*3=21 (1234567890)", "7*3=21 (12 21)x", "answer 21 (21)", "(12 21)", "7*3 (21)=21", "7*3=21 (12\n21)",
 ]  # fmt: skip
+TEXT_JUNK = [j for j in JUNK if "<eos>" not in j]  # lines whose text is all there is (EOS stands for no bytes)
 # Python's `\d` and `str.strip` accept these (no-break space, Arabic-Indic 3, ideographic space); bytes do not.
 UNICODE = ["\u00a07*3=21", "1\u0663+4=17", "7*3=21\u3000"]
 
 
 def expected_parse(text):
-    """(well_formed, a, op, b, c, is_answer, answer) by the Python rules; numbers of > 9 digits read -1."""
-    fit = lambda v: v if v < 10**jv.NUMBER_DIGITS else -1
+    """(well_formed, a, op, b, c, is_answer, answer, has_pool, pool) by the Python rules; numbers of > 9 digits
+    read -1 (-2 in a pool)."""
+    fit = lambda v, unreadable=-1: v if v < 10**jv.NUMBER_DIGITS else unreadable
     step = countdown.parse_step(text)
     answer = arithmetic._ANSWER.fullmatch(text.strip())
     fields = (False, 0, 0, 0, 0)
     if step is not None:
         fields = (True, fit(step.a), "+-*/".index(step.op), fit(step.b), fit(step.c))
-    return (*fields, answer is not None, fit(int(answer[1])) if answer else 0)
+    written = step is not None and step.pool is not None
+    pool = [fit(v, -2) for v in step.pool] if written else []
+    pool = [*pool, *[-1] * (jv.POOL_SLOTS - len(pool))] if len(pool) <= jv.POOL_SLOTS else None
+    return (*fields, answer is not None, fit(int(answer[1])) if answer else 0, written, pool)
 
 
 def fuzz_lines(rng, n):
@@ -88,6 +97,8 @@ def fuzz_lines(rng, n):
         op = rng.choice(list("+-*/"))
         out.append(f"{pads[0]}{pads[1]}{a}{pads[2]}{op}{pads[3]}{b}{pads[4]}={pads[5]}{c}{pads[6]}")
         out.append(f"{pads[0]}answer {pads[1]}{a}{pads[6]}")
+        pool = " ".join(str(int(x)) for x in rng.integers(0, 10 ** rng.integers(1, 4, size=rng.integers(1, 6))))
+        out.append(f"{a}{op}{b}={c}{pads[6]}({pads[1]}{pool}{pads[2]}){pads[0]}")
     return out
 
 
@@ -98,11 +109,15 @@ def test_parser_matches_python_rules(tok, table):
     got = parse(jnp.asarray(encode_raw(tok, texts)), table)
     for i, text in enumerate(texts):
         visible = text.replace("<eos>", "")  # special tokens stand for no bytes: EOS ends a step, it is not text
-        want = expected_parse(visible) if visible.isascii() else (False, 0, 0, 0, 0, False, 0)
-        well, a, op, b, c, is_answer, answer = (x[i].item() for x in got)
-        assert (well, is_answer) == (want[0], want[5]), text
+        want = expected_parse(visible) if visible.isascii() else (False, 0, 0, 0, 0, False, 0, False, [])
+        well, a, op, b, c, is_answer, answer, has_pool = (x[i].item() for x in got[:-1])
+        if want[7] and want[8] is None:  # more numbers than a pool holds: Python reads them, the checker refuses
+            want = (False, *want[1:7], False, [])
+        assert (well, is_answer, has_pool) == (want[0], want[5], want[7]), text
         if well:
             assert (a, op, b, c) == want[1:5], text
+        if has_pool:
+            assert got.pool[i].tolist() == want[8], text
         if is_answer:
             assert answer == want[6], text
     wellformed = sum(expected_parse(t)[0] for t in texts)
@@ -159,7 +174,12 @@ def countdown_traces():
         traces = [countdown.solutions(problem)[0], random_legal_trace(problem, rng)]
         traces += [countdown.corrupted_trace(problem, rng) for _ in range(3)]
         traces.append([*countdown.solutions(problem)[0], "1+1=2"])  # a step after the last one
-        traces.append([rng.choice(JUNK), *countdown.solutions(problem)[0][1:]])
+        traces.append([rng.choice(TEXT_JUNK), *countdown.solutions(problem)[0][1:]])
+        first, *rest = countdown.solutions(problem)[0]
+        step = countdown.parse_step(first)
+        wrong_pool = [*step.pool[:-1], step.pool[-1] + 1]
+        traces.append([f"{step.text} ({' '.join(map(str, wrong_pool))})", *rest])  # right step, wrong pool
+        traces.append([f"{step.text} ({' '.join(map(str, step.pool[::-1]))})", *rest])  # any order is fine
         cases += [(problem, t) for t in traces]
     return cases
 
@@ -211,6 +231,7 @@ def test_countdown_single_steps_under_vmap(tok, table):
     shared = (3, 7, 12, 25)
     texts = [s.text for s in countdown.valid_steps(shared)]
     texts += ["3*7=21", "7-12=-5", "12/7=1", "7*7=49", "25/5=5", "3+7=11", "answer 34", "3 7"]
+    texts += ["7*3=21 (12 21 25)", "7*3=21 (21 25 12)", "7*3=21 (12 21 26)", "7*3=21 (12 21)", "7*3=21 (3 7 12 25)"]
     cases = [(countdown.Problem(shared, 34), t) for t in texts]
     cases += [(countdown.Problem((5, 5, 2, 1), 20), "5+5=10"), (countdown.Problem((5, 6, 2, 1), 20), "5+5=10")]
     pools = np.stack([padded_pool(p.numbers) for p, _ in cases])
@@ -235,7 +256,8 @@ def arithmetic_variants(expr, rng):
     traces += [arithmetic.corrupted_trace(expr, rng) for _ in range(3)]
     swapped = [f"{s.b}{s.op}{s.a}={s.c}" for s in map(countdown.parse_step, clean[:-1])]
     traces.append([*swapped, clean[-1]])  # right for + and *, wrong for - and / (unless a == b)
-    traces.append([*clean[:1], rng.choice(JUNK), *clean[2:]])
+    traces.append([*clean[:1], rng.choice(TEXT_JUNK), *clean[2:]])
+    traces.append([f"{clean[0]} (1)", *clean[1:]])  # a Countdown pool makes any arithmetic line wrong
     return traces
 
 

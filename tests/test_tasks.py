@@ -56,8 +56,9 @@ def test_solutions_verify_and_wrong_traces_do_not(problems):
         first = sols[0]
         assert not countdown.verify(p, first[:2])
         assert not countdown.verify(p, [*first, first[-1]])
-        a, op, b, c = countdown.parse_step(first[0])
+        a, op, b, c, pool = countdown.parse_step(first[0])
         assert not countdown.verify(p, [f"{a}{op}{b}={c + 1}", *first[1:]])
+        assert countdown.verify(p, [f"{a}{op}{b}={c}", *first[1:]])  # the pool may go unwritten
 
 
 def test_verify_specific_cases():
@@ -77,7 +78,9 @@ def test_verify_specific_cases():
 def test_parse_step():
     assert countdown.parse_step("7*3=21\n") == countdown.Step(7, "*", 3, 21)
     assert countdown.parse_step("7*3=21").text == "7*3=21"
-    for bad in ["7 * 3 = 21", "07*3=21", "7x3=21", "7*3=", "-7*3=-21", "answer 21", ""]:
+    assert countdown.parse_step("7*3=21 (25 12 21)") == countdown.Step(7, "*", 3, 21, (25, 12, 21))
+    bad_pools = ["7*3=21(12)", "7*3=21 (12  21)", "7*3=21 ()", "7*3=21 (012)", "7*3=21 (12) (3)", "7*3=21 ( 12)"]
+    for bad in ["7 * 3 = 21", "07*3=21", "7x3=21", "7*3=", "-7*3=-21", "answer 21", "", *bad_pools]:
         assert countdown.parse_step(bad) is None
 
 
@@ -88,6 +91,10 @@ def test_apply_step():
     assert countdown.apply_step((3, 7, 12, 25), "12/7=1") is None
     assert countdown.apply_step((3, 3), "3-3=0") is None
     assert countdown.apply_step((3, 3), "3/3=1") == (1,)
+    assert countdown.apply_step((3, 7, 12, 25), "7*3=21 (12 21 25)") == (12, 21, 25)
+    assert countdown.apply_step((3, 7, 12, 25), "7*3=21 (25 21 12)") == (12, 21, 25)  # a multiset
+    assert countdown.apply_step((3, 7, 12, 25), "7*3=21 (12 21 24)") is None  # the pool left is wrong
+    assert countdown.apply_step((3, 7, 12, 25), "7*3=21 (12 25)") is None
 
 
 def test_oracle_agrees_with_brute_force():
@@ -122,9 +129,10 @@ def test_step_labels_match_oracle_on_corrupted_traces(problems):
 def test_prompt_and_trace_format():
     p = countdown.Problem((3, 7, 12, 25), 34)
     assert countdown.prompt(p) == "countdown 3 7 12 25 -> 34\n"
-    steps = ["7*3=21", "25+21=46", "46-12=34"]
+    steps = ["7*3=21 (12 21 25)", "25+21=46 (12 46)", "46-12=34 (34)"]
     assert countdown.verify(p, steps) and steps in countdown.solutions(p)
-    assert countdown.format_solution(steps) == "7*3=21\n25+21=46\n46-12=34\n"
+    assert countdown.format_solution(steps) == "7*3=21 (12 21 25)\n25+21=46 (12 46)\n46-12=34 (34)\n"
+    assert countdown.TASK.answer(p, steps) == countdown.TASK.answer(p, ["7*3=21", "25+21=46", "46-12=34"])
 
 
 def write(tmp_path, lines):

@@ -206,7 +206,7 @@ def answer_from_trace(text: str) -> int | None:
 
 def _matches(text: str, expected: Step) -> bool:
     step = parse_step(text)
-    if step is None or step.op != expected.op or step.c != expected.c:
+    if step is None or step.pool is not None or step.op != expected.op or step.c != expected.c:
         return False
     return (step.a, step.b) == (expected.a, expected.b) or (
         step.op in "+*" and (step.b, step.a) == (expected.a, expected.b)

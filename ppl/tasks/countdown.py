@@ -10,14 +10,20 @@ remains; the problem is solved when it equals the target.
 
 Text the LM is trained on (one step per line, "\\n" ends a step, the
 tokenizer's EOS follows the third step; there is no answer line because the
-last step already states the result):
+last step already states the result). Each step carries the numbers it leaves
+in play, sorted, so that judging a step (is the target still reachable?) and
+proposing the next one are local questions:
 
     prompt:  "countdown 3 7 12 25 -> 34\\n"
-    trace:   "7*3=21\\n25+21=46\\n46-12=34\\n"   then <eos>
+    trace:   "7*3=21 (12 21 25)\\n25+21=46 (12 46)\\n46-12=34 (34)\\n"   then <eos>
 
 A step is written `a+b=c`, `a-b=c`, `a*b=c` or `a/b=c`: decimal integers
-without signs, spaces or leading zeros. Generated solutions put the larger
-operand first; `verify` accepts either order wherever the arithmetic is valid.
+without signs, spaces or leading zeros, optionally followed by one space and
+the pool in parentheses, numbers separated by single spaces in any order. A
+written pool must be the true pool after the step (as a multiset); a step
+without one is judged on its arithmetic alone. Generated solutions put the
+larger operand first; `verify` accepts either order wherever the arithmetic is
+valid.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ NUMBER_RANGE = (1, 25)
 TARGET_RANGE = (10, 100)
 OPS = "+-*/"
 
-_STEP = re.compile(r"(0|[1-9]\d*)([-+*/])(0|[1-9]\d*)=(0|[1-9]\d*)")
+_NUMBER = r"(?:0|[1-9]\d*)"
+_STEP = re.compile(rf"({_NUMBER})([-+*/])({_NUMBER})=({_NUMBER})(?: \(({_NUMBER}(?: {_NUMBER})*)\))?")
 
 Pool = tuple[int, ...]
 
@@ -57,16 +64,22 @@ class Problem(NamedTuple):
 
 
 class Step(NamedTuple):
-    """One written step `a op b = c` (not necessarily correct arithmetic)."""
+    """One written step `a op b = c` (not necessarily correct arithmetic), and the pool it says it leaves."""
 
     a: int
     op: str
     b: int
     c: int
+    pool: tuple[int, ...] | None = None  # the numbers written in parentheses after the step, if any
 
     @property
     def text(self) -> str:
         return f"{self.a}{self.op}{self.b}={self.c}"
+
+
+def with_pool(step: Step, pool: Sequence[int]) -> str:
+    """The step's text followed by the pool it leaves, sorted: `7*3=21 (12 21 25)`."""
+    return f"{step.text} ({' '.join(map(str, sorted(pool)))})"
 
 
 def combine(a: int, op: str, b: int) -> int | None:
@@ -87,11 +100,13 @@ def parse_step(text: str) -> Step | None:
     m = _STEP.fullmatch(text.strip())
     if m is None:
         return None
-    return Step(int(m[1]), m[2], int(m[3]), int(m[4]))
+    pool = None if m[5] is None else tuple(int(x) for x in m[5].split(" "))
+    return Step(int(m[1]), m[2], int(m[3]), int(m[4]), pool)
 
 
 def apply_step(pool: Sequence[int], step: Step | str) -> Pool | None:
-    """The sorted pool after `step`, or None if it is malformed, uses absent numbers or is wrong."""
+    """The sorted pool after `step`, or None if it is malformed, uses absent numbers, is wrong or writes
+    a pool that is not the one it leaves."""
     if isinstance(step, str):
         step = parse_step(step)
         if step is None:
@@ -104,7 +119,10 @@ def apply_step(pool: Sequence[int], step: Step | str) -> Pool | None:
     c = combine(step.a, step.op, step.b)
     if c is None or c != step.c or c <= 0:
         return None
-    return tuple(sorted((*rest, c)))
+    after = tuple(sorted((*rest, c)))
+    if step.pool is not None and tuple(sorted(step.pool)) != after:
+        return None
+    return after
 
 
 def _outcomes(a: int, b: int) -> list[tuple[str, int]]:
@@ -158,7 +176,7 @@ def solvable(pool: Sequence[int], target: int) -> bool:
 
 
 def solutions(problem: Problem) -> list[list[str]]:
-    """All distinct solutions (larger operand first), each a list of step texts."""
+    """All distinct solutions (larger operand first), each a list of step texts with their pools."""
 
     def search(pool: Pool) -> list[list[str]]:
         if len(pool) == 1:
@@ -167,7 +185,7 @@ def solutions(problem: Problem) -> list[list[str]]:
         for step in valid_steps(pool):
             child = apply_step(pool, step)
             if problem.target in _finals(child):
-                found.extend([step.text, *rest] for rest in search(child))
+                found.extend([with_pool(step, child), *rest] for rest in search(child))
         return found
 
     return search(tuple(sorted(problem.numbers)))
@@ -283,8 +301,8 @@ def corrupted_trace(
             step = legal[int(rng.integers(len(legal)))]
         else:
             step = good[int(rng.integers(len(good)))]
-        steps.append(step.text)
         pool = _written_pool(pool, step)
+        steps.append(with_pool(step, pool))
     return steps
 
 
@@ -331,10 +349,12 @@ class CountdownVerifier(NamedTuple):
 
 
 def _answer(problem: Problem, steps: list[str]) -> tuple[str, ...] | None:
-    """A solution's class: its steps as a set (the same solution in another order is the same answer)."""
-    if len(steps) != NUM_NUMBERS - 1 or any(parse_step(s) is None for s in steps):
+    """A solution's class: its steps without their pools, as a set (the same solution in another order is the
+    same answer)."""
+    parsed = [parse_step(s) for s in steps]
+    if len(steps) != NUM_NUMBERS - 1 or any(step is None for step in parsed):
         return None
-    return tuple(sorted(steps))
+    return tuple(sorted(step.text for step in parsed))
 
 
 TASK = Task(
@@ -346,7 +366,7 @@ TASK = Task(
     correct=verify,
     record=lambda p: {"numbers": list(p.numbers), "target": p.target},
     max_steps=NUM_NUMBERS - 1,
-    params=SamplingParams(temperature=1.0, max_tokens=12),
+    params=SamplingParams(temperature=1.0, max_tokens=20),
     verifier=Verifier(CountdownVerifier, CountdownVerifier.context),
     training=Training(solutions=solutions, step_labels=step_labels, corrupted=corrupted_trace),
 )

@@ -8,8 +8,9 @@ is fixed-shape array code with no host callbacks and no Python loops over data,
 so it runs inside the one jitted inference program and `jax.vmap`s over
 particles.
 
-Parsing matches `countdown.parse_step` and arithmetic's `answer N` rule on
-ASCII text: surrounding ASCII whitespace is stripped, numbers are decimal
+Parsing matches `countdown.parse_step` (a step, then optionally one space and
+the pool it leaves in parentheses, up to `POOL_SLOTS` numbers) and arithmetic's
+`answer N` rule on ASCII text: surrounding ASCII whitespace is stripped, numbers are decimal
 without signs or leading zeros. Non-ASCII bytes make a step malformed (Python's
 `\\d` and `str.strip` would also accept Unicode digits and spaces). A number of
 more than 9 digits is well formed but is read as -1, which matches nothing.
@@ -36,6 +37,7 @@ INT_MAX = np.iinfo(np.int32).max
 NUMBER_DIGITS = 9  # longest number read exactly; longer ones read as -1
 EMPTY = -1  # a used (or absent) pool slot; also the value of an unreadable number
 _DEAD = -2  # an enumeration branch that broke a rule: poisons every later step
+POOL_SLOTS = 4  # most numbers a written Countdown pool may hold
 
 _WHITESPACE = np.asarray([ord(c) for c in " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"], np.int32)  # ASCII of str.strip
 _OPS = np.asarray([ord(c) for c in "+-*/"], np.int32)  # op codes 0..3 in this order
@@ -53,6 +55,8 @@ class ParsedStep(NamedTuple):
     c: jax.Array
     is_answer: jax.Array  # bool: the line is `answer N`
     answer: jax.Array
+    has_pool: jax.Array  # bool: the step writes the pool it leaves, `a op b = c (x y ...)`
+    pool: jax.Array  # [POOL_SLOTS] the written pool, EMPTY-padded; _DEAD for a number of > 9 digits
 
 
 class EncodedExpression(NamedTuple):
@@ -96,8 +100,33 @@ def _number(buf: jax.Array, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, ja
     return jnp.where(length > NUMBER_DIGITS, EMPTY, value), canonical
 
 
+def _numbers(buf: jax.Array, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The numbers `[POOL_SLOTS]` (EMPTY-padded) separated by single spaces in `buf[lo:hi]` (assumed digits and
+    spaces), and whether they are written canonically: one to POOL_SLOTS numbers, none empty or with a leading
+    zero. A number of more than NUMBER_DIGITS digits reads as _DEAD."""
+    n = buf.shape[0]
+    idx = jnp.arange(n)
+    span = (idx >= lo) & (idx < hi)
+    space = span & (buf == ord(" "))
+    digit = span & ~space
+    group = jnp.cumsum(space)  # which number a position belongs to
+    next_stop = jax.lax.cummin(jnp.where(space | (idx >= hi), idx, n), reverse=True)
+    power = jnp.asarray(_POW10)[jnp.clip(next_stop - 1 - idx, 0, NUMBER_DIGITS - 1)]
+    slots = jnp.zeros(POOL_SLOTS, jnp.int32)
+    values = slots.at[group].add(jnp.where(digit, (buf - ord("0")) * power, 0), mode="drop")
+    lengths = slots.at[group].add(digit.astype(jnp.int32), mode="drop")
+    count = jnp.sum(space) + 1
+    used = jnp.arange(POOL_SLOTS) < count
+    first = digit & ((idx == lo) | jnp.roll(space, 1))
+    leading_zero = jnp.any(first & (buf == ord("0")) & (lengths[jnp.minimum(group, POOL_SLOTS - 1)] > 1))
+    ok = (count <= POOL_SLOTS) & jnp.all(~used | (lengths > 0)) & ~leading_zero
+    values = jnp.where(used, jnp.where(lengths > NUMBER_DIGITS, _DEAD, values), EMPTY)
+    return values, ok
+
+
 def parse_bytes(buf: jax.Array) -> ParsedStep:
-    """Parse a left-packed, -1 padded byte buffer `[N]` as `a op b = c` or `answer N` (ASCII rules)."""
+    """Parse a left-packed, -1 padded byte buffer `[N]` as `a op b = c` (optionally followed by ` (x y ...)`)
+    or `answer N` (ASCII rules)."""
     n = buf.shape[0]
     idx = jnp.arange(n)
     present = buf >= 0
@@ -107,23 +136,37 @@ def parse_bytes(buf: jax.Array) -> ParsedStep:
     end = n - jnp.argmax(content[::-1])
     inside = (idx >= start) & (idx < end)
     digit = (buf >= ord("0")) & (buf <= ord("9"))
-    is_op = inside & jnp.isin(buf, _OPS)
-    is_eq = inside & (buf == ord("="))
+    opening = inside & (buf == ord("("))
+    has_pool = jnp.any(opening)
+    lp = jnp.argmax(opening)
+    body_end = jnp.where(has_pool, lp - 1, end)  # the step itself ends before " ("
+    body = (idx >= start) & (idx < body_end)
+    is_op = body & jnp.isin(buf, _OPS)
+    is_eq = body & (buf == ord("="))
 
     p, q = jnp.argmax(is_op), jnp.argmax(is_eq)
     a, a_ok = _number(buf, start, p)
     b, b_ok = _number(buf, p + 1, q)
-    c, c_ok = _number(buf, q + 1, end)
+    c, c_ok = _number(buf, q + 1, body_end)
     shape_ok = (jnp.sum(is_op) == 1) & (jnp.sum(is_eq) == 1) & (p < q)
-    only_step_bytes = ~jnp.any(inside & ~(digit | is_op | is_eq))
-    well_formed = has_content & shape_ok & only_step_bytes & a_ok & b_ok & c_ok
+    only_step_bytes = ~jnp.any(body & ~(digit | is_op | is_eq))
+    pool, numbers_ok = _numbers(buf, lp + 1, end - 1)
+    in_parens = (idx > lp) & (idx < end - 1)
+    pool_ok = ~has_pool | (
+        (buf[jnp.maximum(lp - 1, 0)] == ord(" "))
+        & (buf[end - 1] == ord(")"))
+        & ~jnp.any(in_parens & ~(digit | (buf == ord(" "))))
+        & numbers_ok
+    )
+    well_formed = has_content & shape_ok & only_step_bytes & a_ok & b_ok & c_ok & pool_ok
     op = jnp.argmax(buf[p] == _OPS).astype(jnp.int32)
+    pool = jnp.where(has_pool, pool, EMPTY)
 
     head = jnp.take(buf, start + jnp.arange(_ANSWER.shape[0]), mode="fill", fill_value=-1)
     tail = start + _ANSWER.shape[0]
     answer, answer_ok = _number(buf, tail, end)
     is_answer = has_content & jnp.all(head == _ANSWER) & answer_ok & ~jnp.any(inside & (idx >= tail) & ~digit)
-    return ParsedStep(well_formed, a, op, b, c, is_answer, answer)
+    return ParsedStep(well_formed, a, op, b, c, is_answer, answer, has_pool & well_formed, pool)
 
 
 def parse_step_tokens(tokens: jax.Array, token_bytes: jax.Array) -> ParsedStep:
@@ -203,6 +246,13 @@ def _take(pool: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.where(found, pool.at[jnp.argmax(hit)].set(EMPTY), pool), found
 
 
+def _same_pool(written: jax.Array, pool: jax.Array) -> jax.Array:
+    """Whether two EMPTY-padded pools hold the same numbers as multisets."""
+    size = max(written.shape[0], pool.shape[0])
+    pad = lambda x: jnp.concatenate([x, jnp.full(size - x.shape[0], EMPTY, x.dtype)])
+    return jnp.all(jnp.sort(pad(written)) == jnp.sort(pad(pool)))
+
+
 def countdown_step_reward(
     pool: jax.Array, target: jax.Array, tokens: jax.Array, token_bytes: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -211,7 +261,8 @@ def countdown_step_reward(
     `pool` `[P]` int32, EMPTY (-1) for used slots; `tokens` `[T]` int32, -1 padded.
     Returns `(reward, new_pool, done)`: reward 1.0 iff the step is well formed,
     takes its operands from the pool (as a multiset), is legal and exactly right,
-    and the target stays reachable from the new pool. `new_pool` puts `c` in
+    writes the pool it leaves correctly (if it writes one), and the target stays
+    reachable from the new pool. `new_pool` puts `c` in
     place of the operands; after a malformed or illegal step it is all EMPTY, so
     later steps score 0 as in `step_labels`. `done` when one number remains or
     the step was malformed or illegal.
@@ -221,8 +272,9 @@ def countdown_step_reward(
     rest, has_a = _take(pool, step.a)
     rest, has_b = _take(rest, step.b)
     value, legal = _combine(jnp.maximum(step.a, 0), step.op, jnp.maximum(step.b, 0))
-    ok = step.well_formed & has_a & has_b & legal & (value == step.c)
-    new_pool = jnp.where(ok, rest.at[jnp.argmin(rest >= 0)].set(value), EMPTY)
+    after = rest.at[jnp.argmin(rest >= 0)].set(value)
+    ok = step.well_formed & has_a & has_b & legal & (value == step.c) & (~step.has_pool | _same_pool(step.pool, after))
+    new_pool = jnp.where(ok, after, EMPTY)
     reward = ok & countdown_solvable(new_pool, target)
     done = ~ok | (jnp.sum(new_pool >= 0) <= 1)
     return reward.astype(jnp.float32), new_pool, done
@@ -263,6 +315,7 @@ def arithmetic_step_reward(
         & (step_index < n)
         & prev_ok
         & step.well_formed
+        & ~step.has_pool
         & (step.op == op)
         & (step.c == encoded.result[k])
         & (in_order | swapped)
