@@ -37,8 +37,8 @@ k from the final weights and traces its ancestry back: the trajectory is a ``Ref
   ancestors is not an invariant kernel; iPMCMC gives each reference its own sweep.)
 
 Each kernel's state has ``rng_key`` and a ``sample`` property: the reference's latent site
-values, init sites by name and step sites by name with a leading axis T (after a ``done`` step
-a site's value is whatever the frozen particle drew and means nothing); for
+values, init sites by name and step sites by name with a leading axis T (0 at the steps after
+``done``); for
 ``InteractingParticleGibbs`` every site has a leading axis P (one value per reference).
 """
 
@@ -58,7 +58,7 @@ from numpyro.util import is_prng_key
 
 from inference import resampling
 from inference.resampling import Resampler, adaptive_resampler
-from inference.smc import SMCState, init_state, smc_step
+from inference.smc import SMCState, _done_flags, _steps_until_done, init_state, smc_step
 from ppl.program import StateSpaceProgram, done_flag, run_traced, site_log_prob
 
 Array = jax.Array
@@ -147,7 +147,8 @@ def _recording(fn, is_step: bool):
         numpyro.deterministic(_LOGJOINT, logjoint)
         for s in sites:
             if not s["is_observed"]:
-                numpyro.deterministic(_SITE + s["name"], s["value"])
+                site = s["value"] if done is None else jnp.where(done, jnp.zeros_like(s["value"]), s["value"])
+                numpyro.deterministic(_SITE + s["name"], site)
         return value
 
     return wrapped
@@ -262,7 +263,11 @@ class Sweep:
             return smc_step(carry, xs, propagate=propagate, resampler=resampler)
 
         xs = (jnp.arange(num_steps, dtype=jnp.int32), jax.random.split(scan_key, num_steps))
-        carry, info = jax.lax.scan(body, carry, xs)
+        early_exit = not self.ancestor_sampling and _done_flags(carry.particles) is not None
+        if early_exit:
+            carry, info, exit_step = _steps_until_done(body, self._settler(reference, args), carry, xs)
+        else:
+            carry, info = jax.lax.scan(body, carry, xs)
         slots, user = info.record
         chosen = resampling.multinomial(pick_key, carry.log_weights, 1)[0]
 
@@ -271,7 +276,29 @@ class Sweep:
 
         origin, path = jax.lax.scan(back, chosen, jnp.arange(num_steps), reverse=True)
         steps = jax.tree.map(lambda x: x[jnp.arange(num_steps), path], slots)
+        if early_exit:  # the steps not run left no states: a done trajectory's state is its final one
+            settled = jnp.arange(num_steps) >= exit_step
+            steps = steps._replace(state=jax.tree.map(
+                lambda x, last: jnp.where(settled.reshape(-1, *[1] * (x.ndim - 1)), last[None], x),
+                steps.state, _take(carry.particles, chosen),
+            ))
         return Reference(_take(init, origin), steps), carry.log_evidence, user
+
+    def _settler(self, reference: Reference | None, args: tuple):
+        """The step once every particle (the reference's included) is done: its increments, likelihoods
+        and site values are 0 and its state the same, so it only resamples, on an index array (see
+        ``inference.smc``). Not for ancestor sampling, whose resampler replays the particles' states."""
+
+        def settle(state: SMCState, xs: tuple[Array, Array], record: Any) -> tuple[SMCState, Any]:
+            def frozen(keys: Array, origin: Array, t: Array) -> tuple[Array, Array, Any]:
+                return origin, jnp.zeros(origin.shape, state.log_weights.dtype), record
+
+            resampler = self.resampler
+            if reference is not None:
+                resampler = self._conditional_resampler(reference, None, xs[0], args)
+            return smc_step(state, xs, propagate=frozen, resampler=resampler)
+
+        return settle
 
     def check_replay(self, reference: Reference, args: tuple) -> None:
         """Raise ``ValueError`` if replaying the reference's site values does not rebuild its

@@ -303,7 +303,7 @@ class SMC:
         if _done_flags(state.particles) is None:
             state, info = jax.lax.scan(body, state, xs)
         else:
-            state, info = _steps_until_done(body, self._settler(num_steps), state, xs)
+            state, info, _ = _steps_until_done(body, self._settler(num_steps), state, xs)
             state = state._replace(particles=self._place(state.particles))
         return SMCResult(
             log_evidence=state.log_evidence,
@@ -351,8 +351,9 @@ def _steps_until_done(
     settle: Callable[[SMCState, tuple[Array, Array], Any], tuple[SMCState, SMCStepInfo]],
     state: SMCState,
     xs: tuple[Array, Array],
-) -> tuple[SMCState, SMCStepInfo]:
-    """``lax.scan(body, state, xs)`` that stops propagating once every particle is done.
+) -> tuple[SMCState, SMCStepInfo, Array]:
+    """``lax.scan(body, state, xs)`` that stops propagating once every particle is done; also returns
+    the first step at which every particle was done (``num_steps`` if none was).
 
     The remaining steps would propagate nothing (a done particle's increment is exactly 0) and
     only resample; ``settle`` runs them on an index array (the same resampling decisions on the
@@ -378,6 +379,7 @@ def _steps_until_done(
         return (t < num_steps) & ~jnp.all(_done_flags(state.particles))
 
     t, state, records = jax.lax.while_loop(live, step_with(body), (jnp.int32(0), state, records))
+    exit_step = t
     empty_record = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), info.record)
     origin = state._replace(particles=jnp.arange(state.log_weights.shape[0], dtype=jnp.int32))
     t, origin, records = jax.lax.while_loop(
@@ -386,7 +388,7 @@ def _steps_until_done(
         (t, origin, records),
     )
     particles = resampling.gather(state.particles, origin.particles)
-    return origin._replace(particles=particles), records
+    return origin._replace(particles=particles), records, exit_step
 
 
 def check_weights(result: SMCResult) -> None:

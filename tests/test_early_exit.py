@@ -9,7 +9,7 @@ import pytest
 from test_reasoning import VOCAB, TablePRM
 
 import ppl
-from inference import SMC, smc
+from inference import SMC, pmcmc, smc
 from inference.entropic import Entropic
 from inference.sharding import Islands
 from models.llama import Config, random_init
@@ -80,6 +80,31 @@ def test_early_exit_gives_the_run_of_every_step(name):
     np.testing.assert_allclose(result.ess, info.ess, rtol=1e-5)
     if name == "beam":  # beam resamples every step: the settled steps do too
         assert info.resampled[ran:].all()
+
+
+def test_particle_gibbs_exits_early_with_the_same_chain(monkeypatch):
+    """Conditional SMC sweeps stop propagating once every particle (the reference's included) is done; the
+    references drawn (states, increments, likelihoods, site values at every step), the evidence and the chain
+    are those of sweeps that run every step (the engine's scan, forced by hiding the done flags)."""
+    seen: set = set()
+    program, args = program_and_args(seen)
+    sweep = pmcmc.Sweep(program, N)
+    key = jax.random.key(5)
+
+    def chain(key):
+        first, z_first, _ = sweep.run(key, None, *args)
+        second, z_second, _ = sweep.run(jax.random.fold_in(key, 1), first, *args)
+        return first, second, jnp.stack([z_first, z_second])
+
+    early = jax.jit(chain)(key)
+    jax.effects_barrier()
+    assert max(seen) + 1 < STEPS and np.asarray(early[1].steps.state.done[-1]).all()
+    monkeypatch.setattr(pmcmc, "_done_flags", lambda particles: None)
+    full = jax.jit(chain)(key)
+    for got, want in zip(jax.tree.leaves(early), jax.tree.leaves(full), strict=True):
+        np.testing.assert_allclose(np.asarray(got, float), np.asarray(want, float), rtol=1e-6, atol=1e-6)
+    sites = np.asarray(early[1].steps.sites["step"])
+    assert (sites[max(seen) + 1 :] == 0).all()  # the steps after done hold 0, as documented
 
 
 def test_sample_step_stops_each_row_at_its_limit():
