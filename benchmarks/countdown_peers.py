@@ -276,7 +276,8 @@ def logits_check(lm, hf_lm, tokenizer, problem) -> float:
     import jax.numpy as jnp
     import torch
 
-    ids = [tokenizer.bos_token_id, *tokenizer.encode(countdown.prompt(problem) + "7*3=21\n", add_special_tokens=False)]
+    text = countdown.prompt(problem) + "7*3=21 (12 21 25)\n"
+    ids = [tokenizer.bos_token_id, *tokenizer.encode(text, add_special_tokens=False)]
     x = jnp.asarray([ids], jnp.int32)
     hidden, _ = lm.hidden_states(x, lm.init_cache(1, len(ids)), None)
     mine = np.asarray(lm.logits(hidden))[0]

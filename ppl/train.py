@@ -27,6 +27,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import platform
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -518,6 +520,8 @@ def run(args: argparse.Namespace) -> None:
         "seed": f"{args.seed} (NumPy `SeedSequence({args.seed}).spawn(2)` streams for data, "
         f"`jax.random.key({args.seed})` for sampling); held-out problems use `EVAL_SEED = {EVAL_SEED}`",
         "optimizer": "AdamW (weight decay 0.01), linear warmup then cosine decay to 10%, global-norm clip 1.0",
+        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), JAX {jax.__version__} on "
+        f"{jax.default_backend()}",
         "total wall time of the run": f"{total / 60:.1f} min on CPU ("
         + (f"LM reused from {args.lm}, " if args.lm else "LM, ") + "PRM data, PRM, evaluation)",
     }

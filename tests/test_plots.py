@@ -6,7 +6,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from inference.plots import ess_plot, genealogy_plot, lineages
-from ppl.commands.demo import accuracy_figure, expected_calibration_error, reliability_figure
+from ppl.commands.demo import accuracy_figure, bootstrap_interval, expected_calibration_error, reliability_figure
 from ppl.judges.plots import confusion_heatmaps, forest
 
 
@@ -45,8 +45,10 @@ def test_reliability_is_per_budget_with_bin_counts():
         confidence = rng.uniform(size=40) if budget > 1 else np.ones(40)
         correct = rng.uniform(size=40) < confidence
         rows.append({"task": "t", "method": "pf", "budget": budget, "accuracy": correct.mean(),
+                     "accuracy_95": bootstrap_interval(list(correct)),
                      "pairs": [[float(c), bool(k)] for c, k in zip(confidence, correct, strict=True)]})
-    rows.append({"task": "t", "method": "majority", "budget": 4, "accuracy": 0.5, "pairs": []})
+    rows.append({"task": "t", "method": "majority", "budget": 4, "accuracy": 0.5, "accuracy_95": [0.3, 0.7],
+                 "pairs": []})
     fig = reliability_figure(rows)
     assert len(fig.axes) == 2
     for ax, row in zip(fig.axes, rows, strict=False):
@@ -55,5 +57,18 @@ def test_reliability_is_per_budget_with_bin_counts():
         assert ax.get_title() == f"t pf N={row['budget']}: ECE {ece:.3f}"
         assert sum(int(t.get_text()) for t in ax.texts) == 40  # every problem in one labelled bar
     accuracy = accuracy_figure(rows, 40)
-    lines = [line for line in accuracy.axes[0].get_lines() if line.get_label() in ("pf", "majority")]
+    drawn = {c.get_label(): c for c in accuracy.axes[0].containers}  # errorbar containers, one per method
+    lines = [drawn["pf"].lines[0], drawn["majority"].lines[0]]
     assert len({(line.get_marker(), line.get_linestyle()) for line in lines}) == 2
+    assert lines[1].get_xdata()[0] != 4  # nudged off the shared budget so that no point hides another
+    spans = [tuple(np.round(seg[:, 1], 6)) for c in drawn.values() for seg in c.lines[2][0].get_segments()]
+    assert (0.3, 0.7) in spans and len(spans) == 3  # every interval is drawn
+
+
+def test_bootstrap_interval_matches_the_binomial_spread():
+    outcomes = [True] * 200 + [False] * 200
+    low, high = bootstrap_interval(outcomes)
+    assert abs(low - (0.5 - 1.96 * 0.025)) < 0.01 and abs(high - (0.5 + 1.96 * 0.025)) < 0.01
+    assert bootstrap_interval([True] * 10) == [1.0, 1.0]
+    small_low, small_high = bootstrap_interval(outcomes[::10])
+    assert small_high - small_low > 2.5 * (high - low)  # 10x fewer problems: ~3x wider

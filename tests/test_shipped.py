@@ -57,7 +57,8 @@ def test_shipped_loads(path, dtype):
 def test_tokenizer_round_trip(lm):
     _, tok = lm
     assert len(tok) == len(build_tokenizer())
-    text = countdown.prompt(countdown.Problem((3, 7, 12, 25), 34)) + "7*3=21\n25+21=46\n46-12=34\n"
+    trace = "7*3=21 (12 21 25)\n25+21=46 (12 46)\n46-12=34 (34)\n"
+    text = countdown.prompt(countdown.Problem((3, 7, 12, 25), 34)) + trace
     assert tok.decode(tok.encode(text)) == text
     assert tok.encode(text) == build_tokenizer().encode(text)
 
@@ -83,7 +84,7 @@ def test_prm_reward_is_the_good_minus_bad_logit_computed_by_hand():
     head = load_file(PRM / "model.safetensors")["lm_head.weight"]
     good, bad = tok.convert_tokens_to_ids(["+", "-"])
     prompt = list(_prompt(tok, countdown.Problem((3, 7, 12, 25), 34))[0])
-    steps = [tok.encode(step + "\n") for step in ("7*3=21", "25+21=47", "46-12=34")]
+    steps = [tok.encode(step + "\n") for step in ("7*3=21 (12 21 25)", "25+21=47 (12 47)", "47-12=35 (35)")]
     ids = prompt + [t for step in steps for t in step]
     tags = np.cumsum([len(step) for step in steps]) + len(prompt) - 1
     hidden, _ = prm.model.hidden_states(jnp.asarray([ids]), prm.model.init_cache(1, len(ids)))

@@ -2,7 +2,8 @@
 
 Prints a table (accuracy, tokens and seconds per problem), writes a JSON of
 all figures, a PNG of accuracy against budget (log x, a line per method,
-as in Puri et al. 2025's figure 1) and pf's reliability diagram per budget.
+as in Puri et al. 2025's figure 1, with 95% bootstrap intervals over problems)
+and pf's reliability diagram per budget.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ SELECTING = ("beam", "pf", "epf", "pg")  # select particles between steps: a run
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser("demo", help="all methods at budgets 1..64 on held-out problems; table, JSON, PNG")
-    demo.add_argument("--problems", type=int, default=24, help="held-out problems per task (default 24)")
-    demo.add_argument("--full", action="store_true", help="200 problems per task (slower, tighter figures)")
-    demo.add_argument("--budgets", default="1,2,4,8,16,32,64", help="comma-separated particle budgets")
+    demo.add_argument("--problems", type=int, default=100, help="held-out problems per task (default 100)")
+    demo.add_argument("--full", action="store_true", help="400 problems per task (slower, tighter intervals)")
+    demo.add_argument("--budgets", default="1,4,16,64", help="comma-separated particle budgets")
     demo.add_argument("--tasks", default="countdown,arithmetic", help="comma-separated tasks")
     demo.add_argument("--prm", choices=PRM_KINDS, default="learned")
     demo.add_argument("--out", default="demo_out", help="directory for demo.json and demo.png")
@@ -57,12 +58,20 @@ def expected_calibration_error(confidence: list[float], correct: list[bool], bin
     return float(gap / len(confidence))
 
 
+def bootstrap_interval(correct: list[bool], level: float = 0.95, draws: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile bootstrap interval of the accuracy, resampling problems (a fixed seed: reproducible)."""
+    outcomes = np.asarray(correct, float)
+    resampled = np.random.default_rng(seed).choice(outcomes, (draws, len(outcomes))).mean(axis=1)
+    return [float(q) for q in np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])]
+
+
 def summarise(records: list[dict]) -> dict:
     n = len(records)
     confidence = [r["confidence"] for r in records]
     correct = [r["correct"] for r in records]
     return {
         "accuracy": sum(correct) / n,
+        "accuracy_95": bootstrap_interval(correct),
         "tokens": sum(r["tokens"] for r in records) / n,
         "seconds": sum(r["seconds"] for r in records) / n,
         "confidence": sum(confidence) / n,
@@ -85,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise InputError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
-    count = 200 if args.full else args.problems
+    count = 400 if args.full else args.problems
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, compile_seconds = [], {}
@@ -118,10 +127,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'task':<11}{'method':<11}{'N':>4}{'accuracy':>10}{'tokens':>9}{'sec/problem':>13}{'ECE':>7}"]
+    lines = [f"{'task':<11}{'method':<11}{'N':>4}{'accuracy':>10}{'95% interval':>15}{'tokens':>9}"
+             f"{'sec/problem':>13}{'ECE':>7}"]
     for r in rows:
+        low, high = r["accuracy_95"]
         lines.append(f"{r['task']:<11}{r['method']:<11}{r['budget']:>4}{r['accuracy']:>10.3f}"
-                     f"{r['tokens']:>9.0f}{r['seconds']:>13.3f}{r['ece']:>7.3f}")
+                     f"{f'[{low:.2f}, {high:.2f}]':>15}{r['tokens']:>9.0f}{r['seconds']:>13.3f}{r['ece']:>7.3f}")
     return "\n".join(lines)
 
 
@@ -131,7 +142,8 @@ STYLES = ("-", "--", "-.", ":")
 
 def accuracy_figure(rows: list[dict], count: int, axes: Any = None) -> Figure:
     """Accuracy against budget, one panel per task (on `axes` if given), each method with its own marker
-    and line style so that none hides another; greedy as a dashed level."""
+    and line style, its points nudged sideways, so that none hides another; 95% bootstrap intervals as error
+    bars; greedy as a dashed level with its interval as a band."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     if axes is None:
         fig = Figure(figsize=(6 * len(tasks), 4.5), layout="constrained")
@@ -139,13 +151,19 @@ def accuracy_figure(rows: list[dict], count: int, axes: Any = None) -> Figure:
     axes = np.ravel(axes)
     for ax, task in zip(axes, tasks, strict=True):
         methods = list(dict.fromkeys(r["method"] for r in rows if r["task"] == task))
-        for index, method in enumerate(methods):
-            pts = sorted((r["budget"], r["accuracy"]) for r in rows if r["task"] == task and r["method"] == method)
+        searched = [m for m in methods if m != "greedy"]
+        for method in methods:
+            pts = sorted((r["budget"], r["accuracy"], *r["accuracy_95"]) for r in rows
+                         if r["task"] == task and r["method"] == method)
+            budget, accuracy, low, high = (np.array(column) for column in zip(*pts, strict=True))
             if method == "greedy":
-                ax.axhline(pts[0][1], color="gray", linestyle="--", label="greedy")
+                ax.axhline(accuracy[0], color="gray", linestyle="--", label="greedy")
+                ax.axhspan(low[0], high[0], color="gray", alpha=0.12)
                 continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[index % len(MARKERS)],
-                    linestyle=STYLES[index % len(STYLES)], label=method)
+            index = searched.index(method)
+            nudge = 2.0 ** (0.12 * (index - (len(searched) - 1) / 2))  # side by side on the log axis
+            ax.errorbar(budget * nudge, accuracy, yerr=[accuracy - low, high - accuracy], capsize=2, lw=1.2,
+                        marker=MARKERS[index % len(MARKERS)], linestyle=STYLES[index % len(STYLES)], label=method)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("budget N (particles / samples)")
         ax.set_ylabel("accuracy")
