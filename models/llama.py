@@ -16,6 +16,10 @@ Decoding (`read_filled=True`) attends over the smallest power-of-two prefix of t
 slots that holds every filled one, so a token's attention costs what the trace has
 written, not what the cache could hold.
 
+`shard_weights` splits the weights over a device mesh's `model` axis Megatron-style
+(attention heads and the MLP's hidden units); JAX's partitioner inserts the
+all-reduces after `o_proj` and `down_proj`.
+
 A read-only `prefix` cache (a prompt prefilled once) can be shared by many
 rows: with P prefix rows and B = P * G rows, row b also attends to prefix row
 b // G. Particles thus keep only their own tokens in their caches, and the
@@ -32,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MASK_VALUE = -1e30  # finite, so a query with nothing to attend to gives no NaN
 
@@ -374,6 +379,35 @@ def random_init(config: Config, seed: int = 0, dtype: Any = jnp.float32, scale: 
         shape = variable.get_value().shape
         value = np.ones(shape) if path[-1] == "weight" else rng.normal(0.0, scale, shape)
         variable.set_value(jnp.asarray(value, dtype))
+    nnx.update(model, state)
+    return model
+
+
+# Megatron-style model parallelism: a kernel [in, out] is split by output columns (heads, MLP units), or by
+# input rows after them, so each device computes its heads and units and one all-reduce sums the rows' parts.
+SPLIT_COLUMNS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+SPLIT_ROWS = ("o_proj", "down_proj")
+
+
+def shard_weights(model: nnx.Module, mesh: Mesh, axis: str = "model") -> nnx.Module:
+    """`model` (a `Llama`, or a module holding one such as a PRM) with every weight placed on `mesh`:
+    attention heads and MLP units split over `axis`, everything else replicated. ValueError when a split
+    dimension (heads x head_dim, kv heads x head_dim, intermediate size) does not divide evenly."""
+    devices = int(mesh.shape[axis])
+    state = nnx.state(model, nnx.Param)
+    for path, variable in nnx.to_flat_state(state):
+        names = [str(name) for name in path]
+        value = variable.get_value()
+        spec = PartitionSpec()
+        if any(name in SPLIT_COLUMNS for name in names):
+            spec = PartitionSpec(*[None] * (value.ndim - 1), axis)  # kernel [in, out] and bias [out]
+        elif any(name in SPLIT_ROWS for name in names) and names[-1] == "kernel":
+            spec = PartitionSpec(axis, None)
+        split = [dim for dim, part in zip(value.shape, spec, strict=False) if part == axis]
+        if split and split[0] % devices:
+            raise ValueError(f"{'.'.join(names)} has {split[0]} units, not divisible over the {devices} devices "
+                             f"of mesh axis {axis!r}")
+        variable.set_value(jax.device_put(value, NamedSharding(mesh, spec)))
     nnx.update(model, state)
     return model
 

@@ -8,6 +8,7 @@ bucket and vmapped in fixed-size chunks (`ppl.batching`), each (method, shapes) 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,7 +17,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
+from models.llama import shard_weights
 from models.sampling import prefill, stop_table
 from ppl import batching, prompting, readout
 from ppl.errors import InputError
@@ -86,7 +89,9 @@ class Solver:
     (`readout.AGGREGATIONS`). `batch_rows`: particle rows run together (problems per run =
     `batch_rows // particles`; their caches are what fills memory); `memory_bytes` instead plans it: the
     most problems per run (a power of two) whose compiled program fits, by XLA's own accounting of it
-    (`plan_rows`). `step_text_only`: a model PRM
+    (`plan_rows`). `mesh`: with a `model` axis, the LM's and a model PRM's weights are split over it
+    (`models.llama.shard_weights`), and the particles of a spec without a mesh of its own go over its
+    `particles` axis. `step_text_only`: a model PRM
     sees each step without its trailing delimiter and EOS, then its own step tag (its training
     format); off, it reads the LM's tokens as written (what the shipped pair's figures were
     measured with).
@@ -106,7 +111,12 @@ class Solver:
         batch_rows: int = batching.PARTICLE_ROWS,
         memory_bytes: int | None = None,
         step_text_only: bool = False,
+        mesh: Mesh | None = None,
     ):
+        if mesh is not None and "model" in mesh.axis_names:
+            lm = shard_weights(lm, mesh)
+            if not isinstance(prm, Verifier):
+                prm = shard_weights(prm, mesh)
         self.task, self.lm, self.tokenizer = task, lm, tokenizer
         delimiters = () if task.step_delimiter is None else (task.step_delimiter,)
         self.stops = stop_table(tokenizer, delimiters, eos_ids)
@@ -120,6 +130,7 @@ class Solver:
         if aggregation is not None and aggregation not in readout.AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {readout.AGGREGATIONS}, got {aggregation!r}")
         self.aggregation, self.batch_rows, self.memory_bytes = aggregation, batch_rows, memory_bytes
+        self.mesh = mesh
         self.compiled = CompiledRuns(self._program)
 
     @property
@@ -202,6 +213,8 @@ class Solver:
         host (row r belongs to problem `indices[r]`), and the wall seconds per problem
         (compilation excluded).
         """
+        if self.mesh is not None and spec.mesh is None:
+            spec = dataclasses.replace(spec, mesh=self.mesh)
         tokens, mask = batching.encode_prompts(self.tokenizer, [self.task.prompt(p) for p in problems])
         self._check_context(self.lm, int(mask.sum(-1).max()), 0, "LM")
         prm_tokens = prm_mask = None

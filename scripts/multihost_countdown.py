@@ -2,8 +2,10 @@
 sharded over every device of every host (JAX's own sharding; `jax.distributed` connects them).
 
 Each host runs one process. Every process reads the same problems and builds the same mesh over
-`jax.devices()` (all devices of all hosts); `SMC(..., mesh=...)` shards the particles, and the
-result is gathered back with `process_allgather`. Process 0 writes the output.
+`jax.devices()` (all devices of all hosts): `--model M` groups them M at a time (neighbours, so on
+one host) to split the LM's and PRM's weights over, and the particles go over the groups;
+`SMC(..., mesh=...)` shards the particles, and the result is gathered back with
+`process_allgather`. Process 0 writes the output.
 
 Launch:
   TPU pod slice (every worker; the coordinator is found automatically):
@@ -31,7 +33,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", required=True, help="JSONL of Countdown problems")
     parser.add_argument("--particles", type=int, default=64, help="total particles, over all devices")
-    parser.add_argument("--islands", action="store_true", help="one resampling island per device")
+    parser.add_argument("--islands", action="store_true", help="one resampling island per particle group")
+    parser.add_argument("--model", type=int, default=1, help="devices each model's weights are split over")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--coordinator", help="HOST:PORT of process 0 (auto-detected on TPU and SLURM)")
@@ -60,14 +63,17 @@ def main(argv: list[str] | None = None) -> None:
     from ppl.tasks import TASKS
 
     devices = jax.devices()
-    if args.particles % len(devices):
-        sys.exit(f"--particles {args.particles} must be a multiple of the {len(devices)} devices")
-    mesh = Mesh(np.array(devices), ("particles",))
+    if len(devices) % args.model:
+        sys.exit(f"--model {args.model} must divide the {len(devices)} devices")
+    groups = len(devices) // args.model
+    if args.particles % groups:
+        sys.exit(f"--particles {args.particles} must be a multiple of the {groups} particle groups")
+    mesh = Mesh(np.array(devices).reshape(groups, args.model), ("particles", "model"))
     leader = jax.process_index() == 0
     task = TASKS["countdown"]
     problems = task.read(args.problems)
-    solver = Solver(task, *load_models(task))
-    spec = SearchSpec("pf", args.particles, mesh=mesh, islands=len(devices) if args.islands else 0)
+    solver = Solver(task, *load_models(task), mesh=mesh)
+    spec = SearchSpec("pf", args.particles, mesh=mesh, islands=groups if args.islands else 0)
     began = time.perf_counter()
     records = solver.solve(problems, spec, seed=args.seed)
     if leader:
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             out.writelines(json.dumps(r) + "\n" for r in records)
         solved = sum(r["correct"] for r in records)
         print(
-            f"{jax.process_count()} processes, {len(devices)} devices, {args.particles} particles: "
+            f"{jax.process_count()} processes, {len(devices)} devices (model x{args.model}), {args.particles} "
+            "particles: "
             f"{solved}/{len(records)} solved in {time.perf_counter() - began:.1f}s -> {args.out}"
         )
 

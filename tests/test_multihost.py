@@ -1,5 +1,6 @@
 """scripts/multihost_countdown.py under jax.distributed: two CPU processes of two devices each run
-Countdown pf over the four devices and write what one process on one device writes."""
+Countdown pf over the four devices (particles across the processes, each model's weights split over a
+process's two devices) and write what one process on one device writes."""
 
 import json
 import os
@@ -33,14 +34,14 @@ def test_two_processes_match_one(tmp_path):
         subprocess.Popen(
             [sys.executable, str(ROOT / "scripts" / "multihost_countdown.py"), "--coordinator", f"localhost:{port}",
              "--num-processes", "2", "--process-id", str(i), "--cpu-devices", "2", "--problems", str(problems),
-             "--particles", "4", "--out", str(out)],
+             "--particles", "4", "--model", "2", "--out", str(out)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for i in range(2)
     ]
     logs = [p.communicate(timeout=600)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), logs[0][-2000:] + logs[1][-2000:]
-    assert "2 processes, 4 devices, 4 particles" in logs[0]
+    assert "2 processes, 4 devices (model x2), 4 particles" in logs[0]
     [distributed] = [json.loads(line) for line in out.read_text().splitlines()]
 
     solver = Solver(TASKS["countdown"], *load_models(TASKS["countdown"]))

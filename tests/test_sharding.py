@@ -195,3 +195,53 @@ def test_route_plan_lists_what_each_device_lacks():
     assert int(lists[0, 1, 0]) == 2  # nothing from device 1: the pad value N/D
     _, fits = route_plan(jnp.array([4, 5, 5, 5, 4, 5, 7, 6]), num_devices=4, capacity=1)
     assert not bool(fits)  # device 0 needs both of device 2's particles: more than capacity 1
+
+
+def test_model_parallel_weights_give_the_same_answers():
+    """`--mesh particles=4,model=2`: the shipped LM's and PRM's heads and MLP units split over 2 devices, the
+    particles over 4: the same traces, weights and answers as one device, for the same key."""
+    out = run_on_8_devices(
+        """
+        import json, jax, numpy as np
+        from ppl.commands.shipped import load_models
+        from ppl.commands.solve import parse_mesh
+        from ppl.search import SearchSpec
+        from ppl.solver import Solver
+        from ppl.tasks import EVAL_SEED, TASKS
+
+        task = TASKS["countdown"]
+        problems = task.generate(EVAL_SEED, 2)
+        mesh = parse_mesh("particles=4,model=2")
+        report = {}
+        for name, kwargs in (("one", {}), ("mesh", {"mesh": mesh})):
+            solver = Solver(task, *load_models(task), **kwargs)
+            (_, result, _), = solver.runs(problems, SearchSpec("pf", 8))
+            report[name] = {"texts": [solver.particle_texts(result, row) for row in range(2)],
+                            "log_weights": np.asarray(result.log_weights).tolist()}
+        kernel = solver.lm.layers[0].self_attn.q_proj.kernel.get_value()
+        report["split"] = list(kernel.sharding.spec)
+        from models.llama import Config, random_init, shard_weights
+        odd = random_init(Config(vocab_size=8, hidden_size=8, intermediate_size=6, num_layers=1, num_heads=2,
+                                 num_kv_heads=1, head_dim=4))
+        try:
+            shard_weights(odd, parse_mesh("particles=2,model=4"))
+        except ValueError as err:
+            report["error"] = str(err)
+        print(json.dumps(report))
+        """
+    )
+    assert out["split"] == [None, "model"]
+    assert "6 units, not divisible over the 4 devices of mesh axis 'model'" in out["error"]
+    assert out["mesh"]["texts"] == out["one"]["texts"]
+    np.testing.assert_allclose(out["mesh"]["log_weights"], out["one"]["log_weights"], rtol=1e-5, atol=1e-5)
+
+
+def test_mesh_flag_errors_are_one_line():
+    from ppl.commands.solve import parse_mesh
+    from ppl.errors import InputError
+
+    with pytest.raises(InputError, match=f"needs 4000 devices; this run has {len(jax.devices())}"):
+        parse_mesh("particles=1000,model=4")
+    for bad in ("particles=four", "experts=2", "particles=0", "particles"):
+        with pytest.raises(InputError, match="must look like particles=P,model=M"):
+            parse_mesh(bad)

@@ -49,6 +49,28 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="epf: temperature schedule of the entropic resampling")
     parser.add_argument("--lookahead", action="store_true", help="epf: score a one-step draft before resampling")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or compile messages on stderr")
+    parser.add_argument("--mesh", metavar="particles=P,model=M",
+                        help="spread the run over every device: particles over P of them, the LM's and PRM's "
+                        "weights (attention heads, MLP units) over M; P x M must be the device count")
+
+
+def parse_mesh(text: str) -> Any:
+    """`particles=P,model=M` (either may be left out: size 1) as a `Mesh` over every device of every host."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    sizes = {"particles": 1, "model": 1}
+    for part in text.split(","):
+        name, _, size = part.partition("=")
+        if name.strip() not in sizes or not size.strip().isdigit() or int(size) < 1:
+            raise InputError(f"--mesh must look like particles=P,model=M with positive sizes, got {text!r}")
+        sizes[name.strip()] = int(size)
+    devices = jax.devices()
+    if sizes["particles"] * sizes["model"] != len(devices):
+        raise InputError(f"--mesh {text} needs {sizes['particles'] * sizes['model']} devices; "
+                         f"this run has {len(devices)}")
+    return Mesh(np.array(devices).reshape(sizes["particles"], sizes["model"]), ("particles", "model"))
 
 
 def _register_free_text(subparsers: argparse._SubParsersAction) -> None:
@@ -103,7 +125,7 @@ def run_task(args: argparse.Namespace) -> int:
     task = TASKS[args.task]
     problems = task.read(args.problems)
     out = _output(args.out)
-    solver = Solver(task, *load_models(task, args.prm, args.lm_path, args.prm_path))
+    solver = Solver(task, *load_models(task, args.prm, args.lm_path, args.prm_path), mesh=spec.mesh)
     return _solve_and_write(solver, problems, spec, args.seed, out, args.task, args.quiet)
 
 
@@ -164,7 +186,7 @@ def run_free_text(args: argparse.Namespace) -> int:
     solver = Solver(task, lm, tokenizer, prm, prm_prompt=prm_prompt, prm_tokenizer=prm_tokenizer,
                     eos_ids=defaults.eos_ids, aggregation=args.prm_aggregate,
                     batch_rows=args.batch_rows or spec.particles, step_text_only=True,
-                    memory_bytes=None if args.memory is None else int(args.memory * 2**30))
+                    memory_bytes=None if args.memory is None else int(args.memory * 2**30), mesh=spec.mesh)
     return _solve_and_write(solver, problems, spec, args.seed, out, "solve", args.quiet)
 
 
@@ -173,7 +195,15 @@ def _spec(args: argparse.Namespace) -> Any:
 
     if args.particles < 1:
         raise InputError(f"--particles must be at least 1, got {args.particles}")
-    return SearchSpec(args.method, args.particles, form=args.form, schedule=args.schedule, lookahead=args.lookahead)
+    mesh = None if args.mesh is None else parse_mesh(args.mesh)
+    if mesh is not None and args.particles % mesh.shape["particles"]:
+        raise InputError(f"--particles {args.particles} must be a multiple of the mesh's {mesh.shape['particles']} "
+                         "particle devices")
+    try:
+        return SearchSpec(args.method, args.particles, form=args.form, schedule=args.schedule,
+                          lookahead=args.lookahead, mesh=mesh)
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def _output(path: str) -> Path:
