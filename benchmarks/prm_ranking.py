@@ -7,7 +7,7 @@ the PRM scores each (`prod`, `min`, `last` of its step rewards), and the AUC of 
 wrong traces is reported twice: pooled over all problems (which also rewards knowing which
 problems are hard) and within each problem that has both kinds of trace (what selection needs).
 
-    python benchmarks/prm_ranking.py [--task arithmetic] [--problems 100] [--samples 8]
+    python benchmarks/prm_ranking.py [--task arithmetic] [--problems 100] [--samples 8] [--models DIR]
                                      [--out benchmarks/results/prm_ranking.json]
 """
 
@@ -41,11 +41,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--task", choices=tuple(TASKS), default="arithmetic")
     parser.add_argument("--problems", type=int, default=100)
     parser.add_argument("--samples", type=int, default=8, help="traces per problem")
+    parser.add_argument("--models", default=None, help="DIR with lm/ and prm/ (default: the shipped pair)")
     parser.add_argument("--out", default="benchmarks/results/prm_ranking.json")
     args = parser.parse_args(argv)
     began = time.perf_counter()
     task = TASKS[args.task]
-    solver = Solver(task, *load_models(task))
+    paths = (None, None) if args.models is None else (f"{args.models}/lm", f"{args.models}/prm")
+    solver = Solver(task, *load_models(task, "learned", *paths))
     problems = task.generate(DEV_SEED, args.problems)
     correct, scores = [], {how: [] for how in AGGREGATIONS}  # per problem: [samples]
     for chunk, result, _ in solver.runs(problems, SearchSpec("bon", args.samples)):
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"aggregation": how, "pooled_auc": auc(pooled[ok], pooled[~ok]),
                      "within_problem_auc": float(np.mean(within)) if within else None})
     result = {
-        "benchmark": "prm_ranking", "task": args.task, "problems": args.problems, "samples": args.samples,
+        "benchmark": "prm_ranking", "task": args.task, "models": args.models or "models/shipped",
+        "problems": args.problems, "samples": args.samples,
         "dev_seed": DEV_SEED, "correct_fraction": float(ok.mean()),
         "any_correct": float(np.mean([c.any() for c in correct])), "mixed_problems": len(mixed),
         "rows": rows, "total_s": time.perf_counter() - began, "jax": jax.__version__,
