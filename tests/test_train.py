@@ -5,9 +5,10 @@ import itertools
 import numpy as np
 import pytest
 
+import ppl.train
 from models.llama import Config, random_init
 from ppl.tasks import countdown
-from ppl.train import build_tokenizer, lm_batches, lm_loss, main, mixed, train
+from ppl.train import Scored, build_tokenizer, lm_batches, lm_loss, main, mixed, prm_arrays, prm_examples, train
 
 
 @pytest.mark.parametrize("share, task", [(1.0, "countdown"), (0.0, "arithmetic")])
@@ -52,3 +53,32 @@ def test_training_steps_follow_the_schedule():
     assert loss == pytest.approx(initial, rel=1e-6)
     model, _ = train(random_init(config, seed=0), lm_loss, itertools.repeat(batch), 3, 1e-2, log_every=1, name="lm")
     assert float(lm_loss(model, *batch)) < initial - 0.01
+
+
+def test_balanced_weights_give_each_class_half_of_a_task():
+    examples = [
+        Scored("arithmetic", [1, 2, 3], [1, 2], [1, 0], "sampled"),
+        Scored("arithmetic", [1, 2, 3, 4], [1, 2, 3], [0, 0, 0], "sampled"),
+        Scored("countdown", [1, 2], [1], [1], "sampled"),
+        Scored("countdown", [1, 2], [1], [0], "sampled"),
+    ]
+    _, _, tags, labels = prm_arrays(examples, pad=0, balance=True)
+    for which in ([0, 1], [2, 3]):  # arithmetic's rows, then Countdown's
+        weight, label = tags[which], labels[which]
+        good, bad = weight[(weight > 0) & (label == 1)].sum(), weight[(weight > 0) & (label == 0)].sum()
+        assert good == pytest.approx(bad) and good + bad == pytest.approx(sum(len(examples[r].tags) for r in which))
+    _, _, plain, _ = prm_arrays(examples, pad=0)
+    assert set(np.unique(plain)) == {0.0, 1.0}
+
+
+def test_on_policy_data_samples_each_problem_several_times(monkeypatch):
+    seen = []
+
+    def sample_traces(sampler, params, tok, key, problems):
+        seen.extend(p.problem for p in problems)
+        return [[] for _ in problems]  # no complete step: nothing to label
+
+    monkeypatch.setattr(ppl.train, "sample_traces", sample_traces)
+    examples = prm_examples(build_tokenizer(), np.random.default_rng(0), None, None, None, 12, 0, per_problem=4)
+    assert examples == [] and len(seen) == 12 and len(set(map(repr, seen))) == 3
+    assert all(seen[i] == seen[i - i % 4] for i in range(12))  # each problem's samples side by side
