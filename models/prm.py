@@ -102,8 +102,9 @@ class PRM(nnx.Module):
     ) -> tuple[jax.Array, KVCache]:
         """Read one new step [B, T] (valid where `mask`, padding at the end) -> (reward [B], cache).
 
-        The step tag (if the convention has one) is appended after the step's tokens;
-        with `keep_tag=False` it is scored but not kept in the context (the "model"
+        The step tag (if the convention has one) is appended after the step's tokens, unless the step
+        already ends with it (a tag that is the step delimiter, "\n" for the shipped PRM, which the LM
+        writes itself); with `keep_tag=False` it is scored but not kept in the context (the "model"
         aggregation: the trace is judged as if it were one step). Rows whose mask is
         all False keep their cache unchanged (their reward is meaningless). `prefix`:
         the prompt's cache shared by the rows (`cache` then holds only their steps).
@@ -111,17 +112,19 @@ class PRM(nnx.Module):
         batch = tokens.shape[0]
         count = jnp.sum(mask, axis=1)
         if self.step_tag_id is not None:
+            final_token = jnp.take_along_axis(tokens, jnp.maximum(count - 1, 0)[:, None], axis=1)[:, 0]
+            append = (count > 0) & (final_token != self.step_tag_id)
             tokens = jnp.concatenate([tokens, jnp.zeros((batch, 1), tokens.dtype)], axis=1)
             mask = jnp.concatenate([mask, jnp.zeros((batch, 1), bool)], axis=1)
-            tag_at = (jnp.arange(tokens.shape[1])[None, :] == count[:, None]) & (count > 0)[:, None]
+            tag_at = (jnp.arange(tokens.shape[1])[None, :] == count[:, None]) & append[:, None]
             tokens = jnp.where(tag_at, self.step_tag_id, tokens)
             if keep_tag:
                 mask = mask | tag_at
-                count = count + (count > 0)
+                count = count + append
             else:
                 hidden, kept = self.model.hidden_states(tokens, cache, mask, prefix, read_filled=True)
                 tag_hidden, _ = self.model.hidden_states(tokens, cache, mask | tag_at, prefix, read_filled=True)
-                last = jnp.maximum(count, 0)
+                last = jnp.maximum(count - 1 + append, 0)
                 reward = self.rewards_from_hidden(jnp.take_along_axis(tag_hidden, last[:, None, None], axis=1)[:, 0])
                 return reward, kept
         hidden, cache = self.model.hidden_states(tokens, cache, mask, prefix, read_filled=True)

@@ -91,10 +91,8 @@ class Solver:
     most problems per run (a power of two) whose compiled program fits, by XLA's own accounting of it
     (`plan_rows`). `mesh`: with a `model` axis, the LM's and a model PRM's weights are split over it
     (`models.llama.shard_weights`), and the particles of a spec without a mesh of its own go over its
-    `particles` axis. `step_text_only`: a model PRM
-    sees each step without its trailing delimiter and EOS, then its own step tag (its training
-    format); off, it reads the LM's tokens as written (what the shipped pair's figures were
-    measured with).
+    `particles` axis. A model PRM sees each step without its trailing delimiter and EOS, then its own
+    step tag: its training format (the shipped PRM's tag is the delimiter "\n" itself).
     """
 
     def __init__(
@@ -110,7 +108,6 @@ class Solver:
         aggregation: str | None = None,
         batch_rows: int = batching.PARTICLE_ROWS,
         memory_bytes: int | None = None,
-        step_text_only: bool = False,
         mesh: Mesh | None = None,
     ):
         if mesh is not None and "model" in mesh.axis_names:
@@ -124,7 +121,7 @@ class Solver:
         self.verifier = prm if isinstance(prm, Verifier) else None
         self.prm = prm.build(self.stops.token_bytes) if self.verifier else prm
         self.prm_prompt, self.prm_tokenizer = prm_prompt, prm_tokenizer or tokenizer
-        self.hidden_at_end = None if self.verifier or not step_text_only else jnp.asarray(
+        self.hidden_at_end = None if self.verifier else jnp.asarray(
             prompting.hidden_at_end(self.token_bytes, tuple(jax.device_get(self.stops.eos_ids).tolist()))
         )
         if aggregation is not None and aggregation not in readout.AGGREGATIONS:

@@ -34,13 +34,14 @@ def test_step_rewards_match_transformers_whole_and_incremental(name):
     prompt_end = 4
     starts = [prompt_end] + [int(p) + 1 for p in positions[:-1]]
 
-    def read_steps(cache, prefix):
+    def read_steps(cache, prefix, written_tag=False):  # written_tag: the step ends with the tag already
         score = jax.jit(lambda p, c, t, m, pre: p.score_step(c, t, m, prefix=pre))
         got = []
         for start, tag in zip(starts, positions, strict=True):
+            end = tag + written_tag
             step = np.zeros((1, 24), np.int32)
-            step[0, : tag - start] = row[start:tag]
-            mask = np.arange(24)[None] < tag - start
+            step[0, : end - start] = row[start:end]
+            mask = np.arange(24)[None] < end - start
             reward, cache = score(prm, cache, jnp.asarray(step), jnp.asarray(mask), prefix)
             got.append(float(reward[0]))
         return got
@@ -48,6 +49,7 @@ def test_step_rewards_match_transformers_whole_and_incremental(name):
     prompt = jnp.asarray(row[None, :prompt_end])
     copied = jax.jit(lambda p, t: p.start(t, None, 64))(prm, prompt)
     np.testing.assert_allclose(read_steps(copied, None), g["prm_step_probs"], atol=1e-5)
+    np.testing.assert_allclose(read_steps(copied, None, written_tag=True), g["prm_step_probs"], atol=1e-5)
     prefix = jax.jit(lambda p, t: p.start(t, None, prompt_end))(prm, prompt)
     np.testing.assert_allclose(read_steps(prefix.empty(64), prefix), g["prm_step_probs"], atol=1e-5)
 

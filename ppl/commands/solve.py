@@ -185,7 +185,7 @@ def run_free_text(args: argparse.Namespace) -> int:
         prm_prompt = lambda problem: render(problem.question)
     solver = Solver(task, lm, tokenizer, prm, prm_prompt=prm_prompt, prm_tokenizer=prm_tokenizer,
                     eos_ids=defaults.eos_ids, aggregation=args.prm_aggregate,
-                    batch_rows=args.batch_rows or spec.particles, step_text_only=True,
+                    batch_rows=args.batch_rows or spec.particles,
                     memory_bytes=None if args.memory is None else int(args.memory * 2**30), mesh=spec.mesh)
     return _solve_and_write(solver, problems, spec, args.seed, out, "solve", args.quiet)
 
