@@ -14,7 +14,9 @@ everything valid at an earlier or equal position.
 
 Decoding (`read_filled=True`) attends over the smallest power-of-two prefix of the
 slots that holds every filled one, so a token's attention costs what the trace has
-written, not what the cache could hold.
+written, not what the cache could hold. A chunk of several tokens over a long cache
+(a PRM scoring a step, a long prompt) attends `KEY_BLOCK` slots at a time with an
+online softmax, so its scores never exist for the whole cache at once.
 
 `shard_weights` splits the weights over a device mesh's `model` axis Megatron-style
 (attention heads and the MLP's hidden units); JAX's partitioner inserts the
@@ -39,6 +41,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MASK_VALUE = -1e30  # finite, so a query with nothing to attend to gives no NaN
+KEY_BLOCK = 256  # a chunk (T > 1) over more slots than this attends block by block, with an online softmax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +214,8 @@ class Attention(nnx.Module):
         batch, length = q.shape[:2]
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(batch, length, c.num_kv_heads, groups, c.head_dim)
+        if length > 1 and keys.shape[2] > KEY_BLOCK:
+            return self._attend_blocked(q, keys, values, key_positions, positions, layer, prefix)
         scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32)
         scores = jnp.where(self._visible(key_positions, positions)[:, None, None], scores, MASK_VALUE)
         if prefix is None:
@@ -231,6 +236,51 @@ class Attention(nnx.Module):
         from_prefix = probs[..., : prefix.capacity]
         out = jnp.einsum("bkgts,bkds->btkgd", probs[..., prefix.capacity :], values)
         return out + jnp.einsum("prkgts,pkds->prtkgd", by_prefix(from_prefix), prefix_values).reshape(out.shape)
+
+    def _attend_blocked(self, q, keys, values, key_positions, positions, layer, prefix):
+        """`_attend` for a chunk over a long cache, flash-style: the prefix, then `KEY_BLOCK` slots at a time,
+        folded into a running max, normaliser and weighted sum, so no [B, heads, T, capacity] scores exist."""
+        c = self.config
+        batch, length = q.shape[:2]
+        scale = 1 / math.sqrt(c.head_dim)
+
+        def absorb(carry, scores, visible, weigh):
+            peak, total, out = carry  # [B, K, G, T, 1], [B, K, G, T, 1], [B, T, K, G, D]
+            scores = jnp.where(visible[:, None, None], scores * scale, MASK_VALUE)
+            new_peak = jnp.maximum(peak, jnp.max(scores, axis=-1, keepdims=True))
+            weights = jnp.where(visible[:, None, None], jnp.exp(scores - new_peak), 0.0)
+            decay = jnp.exp(peak - new_peak)
+            out = out * jnp.moveaxis(decay, 3, 1) + weigh(weights.astype(values.dtype))
+            return new_peak, total * decay + jnp.sum(weights, axis=-1, keepdims=True), out
+
+        heads = (batch, c.num_kv_heads, c.num_heads // c.num_kv_heads, length, 1)
+        carry = (jnp.full(heads, MASK_VALUE, jnp.float32), jnp.zeros(heads, jnp.float32),
+                 jnp.zeros(q.shape, jnp.float32))
+        if prefix is not None:
+            shared = prefix.positions.shape[0]
+            by_prefix = lambda a: a.reshape(shared, batch // shared, *a.shape[1:])
+            prefix_keys, prefix_values = prefix.k[layer], prefix.v[layer]
+            scores = jnp.einsum("prtkgd,pksd->prkgts", by_prefix(q), prefix_keys, preferred_element_type=jnp.float32)
+            visible = self._visible(jnp.repeat(prefix.positions, batch // shared, axis=0), positions)
+            carry = absorb(carry, scores.reshape(*heads[:-1], -1), visible, lambda w: jnp.einsum(
+                "prkgts,pkds->prtkgd", by_prefix(w), prefix_values, preferred_element_type=jnp.float32
+            ).reshape(q.shape))
+
+        capacity = keys.shape[2]
+
+        def block(i, carry):
+            start = jnp.minimum(i * KEY_BLOCK, capacity - KEY_BLOCK)  # the last block overlaps the one before
+            fresh = start + jnp.arange(KEY_BLOCK) >= i * KEY_BLOCK  # slots no earlier block counted
+            block_keys = jax.lax.dynamic_slice_in_dim(keys, start, KEY_BLOCK, axis=2)
+            block_values = jax.lax.dynamic_slice_in_dim(values, start, KEY_BLOCK, axis=3)
+            visible = self._visible(jax.lax.dynamic_slice_in_dim(key_positions, start, KEY_BLOCK, axis=1), positions)
+            scores = jnp.einsum("btkgd,bksd->bkgts", q, block_keys, preferred_element_type=jnp.float32)
+            return absorb(carry, scores, visible & fresh, lambda w: jnp.einsum(
+                "bkgts,bkds->btkgd", w, block_values, preferred_element_type=jnp.float32))
+
+        _, total, out = jax.lax.fori_loop(0, -(-capacity // KEY_BLOCK), block, carry)
+        total = jnp.moveaxis(jnp.where(total > 0, total, 1.0), 3, 1)  # a query that sees nothing gives zeros
+        return (out / total).astype(values.dtype)
 
     def _visible(self, key_positions: jax.Array, positions: jax.Array) -> jax.Array:
         """[B, T, S]: query t may read slot s (filled, not in its future, inside the window)."""
@@ -340,11 +390,10 @@ class Llama(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Project hidden states to vocabulary logits, accumulated and returned in float32 whatever the
         weights' dtype (a bf16 model's logits are not rounded to bf16 before sampling)."""
-        if self.config.tie_embeddings:
-            weight = self.embed_tokens.embedding[...].T
-        else:
-            weight = self.lm_head.kernel[...]
-        return jnp.dot(hidden, weight, preferred_element_type=jnp.float32)
+        if self.config.tie_embeddings:  # contract the table's rows as they lie: no transposed copy of it
+            return jnp.einsum("...c,vc->...v", hidden, self.embed_tokens.embedding[...],
+                              preferred_element_type=jnp.float32)
+        return jnp.dot(hidden, self.lm_head.kernel[...], preferred_element_type=jnp.float32)
 
     def extend(
         self,

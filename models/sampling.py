@@ -182,9 +182,9 @@ def prefill(lm: Llama, tokens: jax.Array, mask: jax.Array | None, capacity: int)
     """Run a (padded) batch of prompts into a fresh cache of `capacity` slots."""
     if mask is None:
         mask = jnp.ones(tokens.shape, bool)
-    logits, cache = lm.extend(tokens, lm.init_cache(tokens.shape[0], capacity), mask)
+    hidden, cache = lm.hidden_states(tokens, lm.init_cache(tokens.shape[0], capacity), mask)
     last = tokens.shape[1] - 1 - jnp.argmax(mask[:, ::-1], axis=1)
-    return LMState(cache, jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0])
+    return LMState(cache, lm.logits(jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]))  # last only
 
 
 def sample_step(

@@ -153,6 +153,33 @@ def test_shared_prefix_equals_a_copied_prompt(window, prompt_rows):
         lm.extend(steps[:3], lm.init_cache(3, 3), None, lm.init_cache(2, 5))
 
 
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("shared_prompt", [False, True])
+def test_blocked_attention_equals_whole_softmax(monkeypatch, window, shared_prompt):
+    """A chunk over a long cache attends `KEY_BLOCK` slots at a time (an online softmax): the logits and caches of
+    one softmax over every slot, with padding, rows that see nothing, a sliding window and a shared prompt."""
+    from models import llama
+
+    config = llama.Config(vocab_size=11, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=4,
+                          num_kv_heads=2, head_dim=8, sliding_window=window)
+    lm = llama.random_init(config, seed=0, scale=0.5)
+    rng = np.random.default_rng(2)
+    prefix = lm.extend(jnp.asarray(rng.integers(0, 11, (1, 5))), lm.init_cache(1, 5))[1] if shared_prompt else None
+    history = jnp.arange(9)[None, :] < jnp.array([9, 2, 0])[:, None]  # rows holding 9, 2 and 0 tokens
+    chunk = jnp.asarray([[True] * 6, [False, True, True, False, True, True], [False] * 6])  # the last row: padding
+    tokens = jnp.asarray(rng.integers(0, 11, (3, 9))), jnp.asarray(rng.integers(0, 11, (3, 6)))
+
+    def run(block):
+        monkeypatch.setattr(llama, "KEY_BLOCK", block)
+        cache = lm.extend(tokens[0], lm.init_cache(3, 17), history, prefix)[1]  # 17 slots: the last block overlaps filled ones
+        return lm.extend(tokens[1], cache, chunk, prefix)
+
+    (whole, whole_cache), (blocked, blocked_cache) = run(1000), run(4)
+    np.testing.assert_allclose(blocked[chunk], whole[chunk], atol=2e-5)  # padding's outputs are never read
+    for a, b in zip(jax.tree.leaves(blocked_cache), jax.tree.leaves(whole_cache), strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
 @pytest.mark.parametrize("shared_prompt", [False, True])
 def test_reading_the_filled_part_of_a_big_cache_gives_the_same_logits(shared_prompt):
     """`read_filled` attends over the smallest `read_sizes` bucket holding every filled slot: the logits
