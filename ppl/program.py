@@ -119,6 +119,11 @@ class StateSpaceProgram:
     ``(init, step)`` with the model's signatures (either may be None: the model proposes there);
     its latent sample values replace the model's at sites of the same name, as in Pyro's
     SMCFilter guide.
+
+    A particle whose state is ``done`` keeps its state and gets increment 0: ``propagate`` selects
+    the old state over the step's new one, leaf by leaf. ``keeps_done=True`` declares that ``step``
+    itself leaves a done particle's state as it was, bit for bit (as ``ppl.reasoning``'s primitives
+    do), so that select, which holds a second copy of every KV cache, is skipped.
     """
 
     def __init__(
@@ -127,10 +132,12 @@ class StateSpaceProgram:
         step: Callable[..., State],
         num_steps: int,
         proposal: Any = None,
+        keeps_done: bool = False,
     ):
         self.init = init
         self.step = step
         self.num_steps = int(num_steps)
+        self.keeps_done = keeps_done
         if proposal is None:
             proposal = (None, None)
         elif not isinstance(proposal, tuple | list):
@@ -148,7 +155,8 @@ class StateSpaceProgram:
         done = done_flag(state)
         if done is None:
             return StepOutput(new_state, logw, dets)
-        new_state = jax.tree.map(lambda old, new: jnp.where(done, old, new), state, new_state)
+        if not self.keeps_done:
+            new_state = jax.tree.map(lambda old, new: jnp.where(done, old, new), state, new_state)
         return StepOutput(new_state, jnp.where(done, 0.0, logw), dets)
 
     def propagate(self, rng_key: Array, state: State, t: Array, *args) -> tuple[State, Array]:

@@ -68,6 +68,7 @@ class Trace(NamedTuple):
     log_reward: jax.Array  # [1] log r of the latest step (twist's denominator)
     done: jax.Array  # [1] the trace has finished (EOS, final-answer marker, step cap, token budget)
     truncated: jax.Array  # [1, max_steps] the step was cut at its token cap (the step's, or the budget's rest)
+    written: jax.Array  # [1] the latest `write_step` wrote a step (the trace was not done yet): the PRM judges it
     # () when the caches hold the steps only and the prompt is shared, None when they copy it:
     # a leafless marker, so it is static under jit/vmap and the pairing with `prompt=` is checkable.
     shared_prompt: tuple | None = None
@@ -113,6 +114,7 @@ def start(
         log_reward=jnp.zeros((batch,), jnp.float32),
         done=jnp.zeros((batch,), bool),
         truncated=jnp.zeros((batch, max_steps), bool),
+        written=jnp.zeros((batch,), bool),
         shared_prompt=() if share_prompt else None,
     )
 
@@ -152,7 +154,8 @@ def write_step(
     done after EOS, after stop string `i` for `i` in `final_stops`, or once it
     holds `budget` tokens: a step is cut where the budget runs out (and marked
     `truncated`, as is a step cut at `params.max_tokens`). `prompt`: the shared
-    prompt state of a trace started with `share_prompt=True`.
+    prompt state of a trace started with `share_prompt=True`. A trace already done
+    is left as it was, bit for bit.
     """
     _check_prompt(trace, prompt, f"write_step({name!r})")
     prefix = None if prompt is None else prompt.cache
@@ -168,18 +171,21 @@ def write_step(
     finished = result.stop == STOP_EOS
     for index in final_stops:
         finished |= result.stop == STOP_STRING + index
-    slot = jnp.minimum(trace.num_steps, trace.steps.shape[1] - 1)
+    live = ~trace.done
+    slot = jnp.where(live, trace.num_steps, trace.steps.shape[1])  # a done trace's write is dropped
     rows = jnp.arange(tokens.shape[0])
     done = trace.done | finished | (trace.num_steps + 1 >= trace.steps.shape[1])
     if budget is not None:
         done |= used + result.length >= budget
+    truncated = (result.stop == STOP_CAP) & (result.length > 0)
     return trace._replace(
-        lm=result.state,
-        steps=trace.steps.at[rows, slot].set(tokens),
-        step_lengths=trace.step_lengths.at[rows, slot].set(result.length),
-        num_steps=trace.num_steps + 1,
+        lm=result.state,  # rows not live keep their state (`sample_step`'s `active`)
+        steps=trace.steps.at[rows, slot].set(tokens, mode="drop"),
+        step_lengths=trace.step_lengths.at[rows, slot].set(result.length, mode="drop"),
+        num_steps=trace.num_steps + live,
         done=done,
-        truncated=trace.truncated.at[rows, slot].set((result.stop == STOP_CAP) & (result.length > 0)),
+        truncated=trace.truncated.at[rows, slot].set(truncated, mode="drop"),
+        written=live,
     )
 
 
@@ -200,11 +206,13 @@ def observe_prm(
     with `share_prompt=True` (a verifier's context is not a cache and is ignored).
     `hidden_at_end` [V] bool: tokens a model PRM does not see at the end of a step
     (the delimiter's whitespace, EOS), so that it reads the step's text and then its
-    own step tag, as in its training format.
+    own step tag, as in its training format. A trace whose latest `write_step` wrote
+    nothing (it was done) is left as it was, bit for bit.
     """
     if form not in FORMS:
         raise ValueError(f"PRM form must be one of {FORMS}, got {form!r}")
     tokens, mask = trace.last_step
+    mask &= trace.written[:, None]  # a model PRM's cache is unchanged by a row with nothing to read
     if isinstance(trace.judge, KVCache):  # a model PRM: its cache follows the trace's prompt sharing
         _check_prompt(trace, prompt, f"observe_prm({name!r})")
         if hidden_at_end is not None:
@@ -212,6 +220,7 @@ def observe_prm(
         reward, judge = prm.score_step(trace.judge, tokens, mask, prefix=prompt)
     else:  # a verifier (or any PRM whose state is not a cache): nothing to share
         reward, judge = prm.score_step(trace.judge, tokens, mask)
+        judge = jax.tree.map(lambda old, new: _where_rows(trace.written, new, old), trace.judge, judge)
     log_r = jnp.log(reward)
     if form == "bernoulli":
         # log P(o_t = 1) = log r_t, exactly: NumPyro's Bernoulli clamps r to float eps, which
@@ -224,9 +233,16 @@ def observe_prm(
         numpyro.factor(name, beta * (log_r - previous))
     else:
         numpyro.factor(name, beta * (log_r - jnp.log1p(-reward)))
-    slot = jnp.maximum(trace.num_steps - 1, 0)
+    slot = jnp.where(trace.written, trace.num_steps - 1, trace.rewards.shape[1])  # dropped if nothing was written
     rows = jnp.arange(reward.shape[0])
-    return trace._replace(judge=judge, rewards=trace.rewards.at[rows, slot].set(reward), log_reward=log_r)
+    return trace._replace(judge=judge, rewards=trace.rewards.at[rows, slot].set(reward, mode="drop"),
+                          log_reward=jnp.where(trace.written, log_r, trace.log_reward))
+
+
+def _where_rows(rows: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    """`new` in the rows [B] where `rows` holds, else `old`; a leaf without a row axis is one row."""
+    flag = rows.reshape(rows.shape + (1,) * (new.ndim - 1)) if new.ndim else jnp.all(rows)
+    return jnp.where(flag, new, old)
 
 
 def strip_end(tokens: jax.Array, mask: jax.Array, hidden: jax.Array) -> jax.Array:

@@ -189,4 +189,4 @@ def reasoning_program(
             "prm", prm, trace, form=form, beta=beta, prompt=prompts[1], hidden_at_end=hidden_at_end
         )
 
-    return StateSpaceProgram(init, step, max_steps)
+    return StateSpaceProgram(init, step, max_steps, keeps_done=True)  # the primitives leave a done trace be

@@ -155,3 +155,51 @@ def test_token_budget_sizes_the_caches_and_cuts_the_last_step():
         ends_at_stop = np.array([lengths[i, s] > 0 and tokens[s, lengths[i, s] - 1] == 1 for s in range(steps)])
         np.testing.assert_array_equal(cut.particles.truncated[i, 0], (lengths[i] > 0) & ~ends_at_stop)
     assert np.asarray(cut.particles.done).all()
+
+
+@pytest.mark.parametrize("share_prompt", [False, True])
+def test_a_done_trace_is_left_bit_for_bit(share_prompt):
+    """`write_step` and `observe_prm` leave a done trace as it was, caches included (model PRM and verifier), so
+    the reasoning program skips the engine's whole-state select (`keeps_done`)."""
+    import numpyro
+
+    import models
+    from models.prm import load_prm
+    from ppl.commands.shipped import SHIPPED
+    from ppl.tasks import TASKS
+
+    lm, tokenizer = models.load(SHIPPED / "lm")
+    prm, _ = load_prm(SHIPPED / "prm")
+    task = TASKS["arithmetic"]
+    verifier = task.verifier.build(jnp.asarray(np.zeros((lm.config.vocab_size, 1), np.uint8)))
+    tokens = jnp.asarray([tokenizer.encode(task.prompt("(3+4)*5"))])
+    params = SamplingParams(temperature=1.0, max_tokens=6)
+    stops = stop_table_from_bytes([bytes([65 + i % 26]) for i in range(lm.config.vocab_size)])
+    for judge_model, context in ((prm, None), (verifier, task.verifier.context("(3+4)*5"))):
+        lm_state, judge = reasoning.prefill_prompt(lm, judge_model, tokens, tokens.shape[1] + (0 if share_prompt else 20))
+        judge = context if context is not None else judge
+        shared = (lm_state, judge if context is None else None) if share_prompt else (None, None)
+
+        def step(trace, key):
+            with numpyro.handlers.seed(rng_seed=key):
+                trace = reasoning.write_step("step", lm, trace, params, stops, prompt=shared[0])
+                return reasoning.observe_prm("prm", judge_model, trace, prompt=shared[1])
+
+        trace = reasoning.start(lm_state, judge, 3, params.max_tokens, share_prompt)
+        trace = step(trace, 0)._replace(done=jnp.ones((1,), bool))
+        after = step(trace, 1)
+        for old, new in zip(jax.tree.leaves(trace._replace(written=None)), jax.tree.leaves(after._replace(written=None)),
+                            strict=True):
+            np.testing.assert_array_equal(old, new)
+        assert not after.written.any() and trace.written.all()
+
+
+def test_keeping_done_traces_gives_the_run_of_the_engines_select():
+    """The reasoning program's `keeps_done` (no whole-state select) runs the same particles, bit for bit."""
+    program, args = program_and_args(set())
+    kept = ppl.StateSpaceProgram(program.init, program.step, program.num_steps, keeps_done=True)
+    key = jax.random.key(7)
+    selected = jax.jit(SMC(program, N, "systematic", 0.5).run_unchecked)(key, *args)
+    own = jax.jit(SMC(kept, N, "systematic", 0.5).run_unchecked)(key, *args)
+    for a, b in zip(jax.tree.leaves(selected), jax.tree.leaves(own), strict=True):
+        np.testing.assert_array_equal(a, b)
