@@ -53,7 +53,7 @@ def cache_bytes(config: Config, slots: int, itemsize: int) -> int:
     return 2 * config.num_layers * config.num_kv_heads * config.head_dim * slots * itemsize
 
 
-def measure(particles: int, budget: int, step_tokens: int, dtype) -> dict:
+def measure(particles: int, budget: int, step_tokens: int, dtype, options: dict | None = None) -> dict:
     lm, prm = abstract_models(dtype)
     stops = stop_table_from_bytes([b"x"] * QWEN_MATH_PRM_7B.vocab_size, ("\n\n",), (151643, 151645))
     params = SamplingParams(temperature=0.7, top_p=0.8, max_tokens=step_tokens)
@@ -66,7 +66,7 @@ def measure(particles: int, budget: int, step_tokens: int, dtype) -> dict:
 
     prompt = jax.ShapeDtypeStruct((1, PROMPT), jnp.int32)
     began = time.perf_counter()
-    compiled = jax.jit(run).lower(jax.random.key(0), prompt, prompt, lm, prm).compile()
+    compiled = jax.jit(run).lower(jax.random.key(0), prompt, prompt, lm, prm).compile(options)
     stats = compiled.memory_analysis()
     itemsize = jnp.dtype(dtype).itemsize
     weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state((lm, prm))))

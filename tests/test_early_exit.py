@@ -176,11 +176,12 @@ def test_a_done_trace_is_left_bit_for_bit(share_prompt):
     params = SamplingParams(temperature=1.0, max_tokens=6)
     stops = stop_table_from_bytes([bytes([65 + i % 26]) for i in range(lm.config.vocab_size)])
     for judge_model, context in ((prm, None), (verifier, task.verifier.context("(3+4)*5"))):
-        lm_state, judge = reasoning.prefill_prompt(lm, judge_model, tokens, tokens.shape[1] + (0 if share_prompt else 20))
+        room = tokens.shape[1] + (0 if share_prompt else 20)
+        lm_state, judge = reasoning.prefill_prompt(lm, judge_model, tokens, room)
         judge = context if context is not None else judge
         shared = (lm_state, judge if context is None else None) if share_prompt else (None, None)
 
-        def step(trace, key):
+        def step(trace, key, judge_model=judge_model, shared=shared):
             with numpyro.handlers.seed(rng_seed=key):
                 trace = reasoning.write_step("step", lm, trace, params, stops, prompt=shared[0])
                 return reasoning.observe_prm("prm", judge_model, trace, prompt=shared[1])
@@ -188,8 +189,8 @@ def test_a_done_trace_is_left_bit_for_bit(share_prompt):
         trace = reasoning.start(lm_state, judge, 3, params.max_tokens, share_prompt)
         trace = step(trace, 0)._replace(done=jnp.ones((1,), bool))
         after = step(trace, 1)
-        for old, new in zip(jax.tree.leaves(trace._replace(written=None)), jax.tree.leaves(after._replace(written=None)),
-                            strict=True):
+        leaves = [jax.tree.leaves(t._replace(written=None)) for t in (trace, after)]
+        for old, new in zip(*leaves, strict=True):
             np.testing.assert_array_equal(old, new)
         assert not after.written.any() and trace.written.all()
 

@@ -171,7 +171,8 @@ def test_blocked_attention_equals_whole_softmax(monkeypatch, window, shared_prom
 
     def run(block):
         monkeypatch.setattr(llama, "KEY_BLOCK", block)
-        cache = lm.extend(tokens[0], lm.init_cache(3, 17), history, prefix)[1]  # 17 slots: the last block overlaps filled ones
+        # 17 slots: the last block overlaps filled ones
+        cache = lm.extend(tokens[0], lm.init_cache(3, 17), history, prefix)[1]
         return lm.extend(tokens[1], cache, chunk, prefix)
 
     (whole, whole_cache), (blocked, blocked_cache) = run(1000), run(4)
