@@ -60,15 +60,7 @@ class CompiledRuns:
     def get(self, spec: SearchSpec, args: tuple) -> Callable[..., SearchResult]:
         key = (spec, tuple((x.shape, x.dtype) for x in jax.tree.leaves(args[:4])))
         if key not in self._compiled:
-            engine = spec.engine(self.program_of(spec))
-
-            def one(rng_key, tokens, mask, judge, lm, prm):
-                # The prompt's caches hold the prompt alone: particles keep their steps in their own.
-                lm_state = prefill(lm, tokens, mask, tokens.shape[-1])
-                if isinstance(judge, PRMInput):
-                    judge = prm.start(judge.tokens, judge.mask, judge.tokens.shape[-1])
-                return engine(rng_key, lm_state, judge, lm, prm)
-
+            one = problem_run(spec.engine(self.program_of(spec)))
             rows, width = args[1].shape[0], args[1].shape[-1]
             LOGGER.info(f"compiling {spec.method} N={spec.num_particles} for {rows} problem(s) of prompt "
                         f"width {width} (once per shape; cached on disk by the CLI)")
@@ -269,6 +261,22 @@ class Solver:
         """The verifier's initial judge state of each problem, stacked."""
         contexts = [self.verifier.context(p) for p in problems]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *contexts)
+
+
+def problem_run(engine: Callable[..., SearchResult]) -> Callable[..., SearchResult]:
+    """One problem's run as the Solver compiles it (vmapped over problems): prefill the prompt into the LM's
+    (and a model PRM's) caches, search, and return the traces without the models' states: the readout needs
+    their text, rewards and weights, and a program whose result holds no KV cache keeps one copy of it."""
+
+    def run(rng_key, tokens, mask, judge, lm, prm):
+        # The prompt's caches hold the prompt alone: particles keep their steps in their own.
+        lm_state = prefill(lm, tokens, mask, tokens.shape[-1])
+        if isinstance(judge, PRMInput):
+            judge = prm.start(judge.tokens, judge.mask, judge.tokens.shape[-1])
+        result = engine(rng_key, lm_state, judge, lm, prm)
+        return result._replace(particles=result.particles._replace(lm=None, judge=None))
+
+    return run
 
 
 def peak_bytes(compiled: Any) -> int:
