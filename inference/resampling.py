@@ -111,9 +111,29 @@ SCHEMES: dict[str, Scheme] = {
 }
 
 
+CHUNKED_GATHER_BYTES = 1 << 24  # a leaf this big is gathered one slice at a time
+
+
 def gather(particles, ancestors: Array):
-    """Resampling as a gather of every leaf of the particle pytree along axis 0."""
-    return jax.tree.map(lambda leaf: jnp.take(leaf, ancestors, axis=0), particles)
+    """Resampling as a gather of every leaf of the particle pytree along axis 0.
+
+    A big leaf (a KV cache: [N, rows, layers, ...]) is gathered one index of its first axis longer than 1
+    after the particles' at a time (the layers), each slice written back in place, so the gather holds a
+    copy of one layer's caches rather than of all of them.
+    """
+
+    def take(leaf: Array) -> Array:
+        axis = next((a for a in range(1, leaf.ndim) if leaf.shape[a] > 1), None)
+        if axis is None or leaf.size * leaf.dtype.itemsize < CHUNKED_GATHER_BYTES:
+            return jnp.take(leaf, ancestors, axis=0)
+
+        def one(i, leaf):
+            part = jax.lax.dynamic_index_in_dim(leaf, i, axis=axis)
+            return jax.lax.dynamic_update_index_in_dim(leaf, jnp.take(part, ancestors, axis=0), i, axis=axis)
+
+        return jax.lax.fori_loop(0, leaf.shape[axis], one, leaf)
+
+    return jax.tree.map(take, particles)
 
 
 def resampling_scheme(scheme: str | Scheme) -> Scheme:

@@ -70,11 +70,12 @@ class KVCache(NamedTuple):
     """Static-size cache. `positions[b, s]` is the RoPE position held by slot s (-1: empty).
 
     Keys are stored [.., slot, dim] and values [.., dim, slot] per head: the layouts
-    the two attention products read as they are, so decoding copies no cache.
+    the two attention products read as they are, so decoding copies no cache. Rows come
+    first, so a swarm of particles (each a batch of rows) folds into one batch for free.
     """
 
-    k: jax.Array  # [layers, batch, kv_heads, capacity, head_dim]
-    v: jax.Array  # [layers, batch, kv_heads, head_dim, capacity]
+    k: jax.Array  # [batch, layers, kv_heads, capacity, head_dim]
+    v: jax.Array  # [batch, layers, kv_heads, head_dim, capacity]
     positions: jax.Array  # [batch, capacity] int32
     length: jax.Array  # [batch] int32: slots used, where the next token goes
 
@@ -90,15 +91,15 @@ class KVCache(NamedTuple):
     def zeros(layers: int, batch: int, capacity: int, kv_heads: int, head_dim: int, dtype: Any) -> KVCache:
         """An empty cache: every slot unfilled (position -1), every row at length 0."""
         return KVCache(
-            k=jnp.zeros((layers, batch, kv_heads, capacity, head_dim), dtype),
-            v=jnp.zeros((layers, batch, kv_heads, head_dim, capacity), dtype),
+            k=jnp.zeros((batch, layers, kv_heads, capacity, head_dim), dtype),
+            v=jnp.zeros((batch, layers, kv_heads, head_dim, capacity), dtype),
             positions=jnp.full((batch, capacity), -1, jnp.int32),
             length=jnp.zeros((batch,), jnp.int32),
         )
 
     def empty(self, capacity: int) -> KVCache:
         """An empty cache of `capacity` slots with this one's layers, rows, heads and dtype."""
-        layers, batch, heads, _, dim = self.k.shape
+        batch, layers, heads, _, dim = self.k.shape
         return KVCache.zeros(layers, batch, capacity, heads, dim, self.k.dtype)
 
 
@@ -181,7 +182,8 @@ class Attention(nnx.Module):
         `dest` [B, T] is each token's cache slot (out of range for padding: dropped);
         `key_positions` [B, S] the slots' positions after the write; `prefix` a shared
         read-only `KVCache` attended to first (see the module docstring). `reach`: (index,
-        sizes), read only the first `sizes[index]` slots (they hold every filled one).
+        sizes, filled), read only the first `sizes[index]` slots, or for a chunk over more than
+        `KEY_BLOCK` slots the blocks up to slot `filled` (they hold every filled one).
         """
         c = self.config
         batch, length, _ = x.shape
@@ -193,13 +195,17 @@ class Attention(nnx.Module):
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
         rows = jnp.arange(batch)[:, None]
-        k_cache = k_cache.at[layer, rows, :, dest].set(k.astype(k_cache.dtype), mode="drop")
-        v_cache = v_cache.at[layer, rows, :, :, dest].set(v.astype(v_cache.dtype), mode="drop")
-        keys, values = k_cache[layer], v_cache[layer]  # [B, K, S, D], [B, K, D, S]
+        k_cache = k_cache.at[rows, layer, :, dest].set(k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[rows, layer, :, :, dest].set(v.astype(v_cache.dtype), mode="drop")
+        if length > 1 and k_cache.shape[3] > KEY_BLOCK:
+            filled = k_cache.shape[3] if reach is None else reach[2]
+            out = self._attend_blocked(q, k_cache, v_cache, layer, filled, key_positions, positions, prefix)
+            return self.o_proj(out.reshape(batch, length, -1)), k_cache, v_cache
+        keys, values = k_cache[:, layer], v_cache[:, layer]  # [B, K, S, D], [B, K, D, S]
         if reach is None:
             out = self._attend(q, keys, values, key_positions, positions, layer, prefix)
         else:
-            index, sizes = reach
+            index, sizes, _ = reach
 
             def first(size: int):
                 return lambda: self._attend(q, keys[:, :, :size], values[..., :size], key_positions[:, :size],
@@ -214,8 +220,6 @@ class Attention(nnx.Module):
         batch, length = q.shape[:2]
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(batch, length, c.num_kv_heads, groups, c.head_dim)
-        if length > 1 and keys.shape[2] > KEY_BLOCK:
-            return self._attend_blocked(q, keys, values, key_positions, positions, layer, prefix)
         scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32)
         scores = jnp.where(self._visible(key_positions, positions)[:, None, None], scores, MASK_VALUE)
         if prefix is None:
@@ -224,7 +228,7 @@ class Attention(nnx.Module):
 
         shared = prefix.positions.shape[0]  # prefix rows; row b reads prefix row b // (batch / shared)
         by_prefix = lambda a: a.reshape(shared, batch // shared, *a.shape[1:])
-        prefix_keys, prefix_values = prefix.k[layer], prefix.v[layer]  # [P, K, Sp, D], [P, K, D, Sp]
+        prefix_keys, prefix_values = prefix.k[:, layer], prefix.v[:, layer]  # [P, K, Sp, D], [P, K, D, Sp]
         prefix_scores = jnp.einsum(
             "prtkgd,pksd->prkgts", by_prefix(q), prefix_keys, preferred_element_type=jnp.float32
         ).reshape(batch, *scores.shape[1:-1], -1)
@@ -237,11 +241,14 @@ class Attention(nnx.Module):
         out = jnp.einsum("bkgts,bkds->btkgd", probs[..., prefix.capacity :], values)
         return out + jnp.einsum("prkgts,pkds->prtkgd", by_prefix(from_prefix), prefix_values).reshape(out.shape)
 
-    def _attend_blocked(self, q, keys, values, key_positions, positions, layer, prefix):
-        """`_attend` for a chunk over a long cache, flash-style: the prefix, then `KEY_BLOCK` slots at a time,
-        folded into a running max, normaliser and weighted sum, so no [B, heads, T, capacity] scores exist."""
+    def _attend_blocked(self, q, k_cache, v_cache, layer, filled, key_positions, positions, prefix):
+        """`_attend` for a chunk over a long cache, flash-style: the prefix, then `KEY_BLOCK` slots at a time
+        up to slot `filled`, folded into a running max, normaliser and weighted sum, so no [B, heads, T,
+        capacity] scores exist; each block is read from the whole cache in place (no copy of the layer's)."""
         c = self.config
         batch, length = q.shape[:2]
+        q = q.reshape(batch, length, c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim)
+        values_dtype = v_cache.dtype
         scale = 1 / math.sqrt(c.head_dim)
 
         def absorb(carry, scores, visible, weigh):
@@ -250,7 +257,7 @@ class Attention(nnx.Module):
             new_peak = jnp.maximum(peak, jnp.max(scores, axis=-1, keepdims=True))
             weights = jnp.where(visible[:, None, None], jnp.exp(scores - new_peak), 0.0)
             decay = jnp.exp(peak - new_peak)
-            out = out * jnp.moveaxis(decay, 3, 1) + weigh(weights.astype(values.dtype))
+            out = out * jnp.moveaxis(decay, 3, 1) + weigh(weights.astype(values_dtype))
             return new_peak, total * decay + jnp.sum(weights, axis=-1, keepdims=True), out
 
         heads = (batch, c.num_kv_heads, c.num_heads // c.num_kv_heads, length, 1)
@@ -259,28 +266,31 @@ class Attention(nnx.Module):
         if prefix is not None:
             shared = prefix.positions.shape[0]
             by_prefix = lambda a: a.reshape(shared, batch // shared, *a.shape[1:])
-            prefix_keys, prefix_values = prefix.k[layer], prefix.v[layer]
+            prefix_keys, prefix_values = prefix.k[:, layer], prefix.v[:, layer]
             scores = jnp.einsum("prtkgd,pksd->prkgts", by_prefix(q), prefix_keys, preferred_element_type=jnp.float32)
             visible = self._visible(jnp.repeat(prefix.positions, batch // shared, axis=0), positions)
             carry = absorb(carry, scores.reshape(*heads[:-1], -1), visible, lambda w: jnp.einsum(
                 "prkgts,pkds->prtkgd", by_prefix(w), prefix_values, preferred_element_type=jnp.float32
             ).reshape(q.shape))
 
-        capacity = keys.shape[2]
+        _, _, heads_kv, capacity, dim = k_cache.shape
 
         def block(i, carry):
             start = jnp.minimum(i * KEY_BLOCK, capacity - KEY_BLOCK)  # the last block overlaps the one before
             fresh = start + jnp.arange(KEY_BLOCK) >= i * KEY_BLOCK  # slots no earlier block counted
-            block_keys = jax.lax.dynamic_slice_in_dim(keys, start, KEY_BLOCK, axis=2)
-            block_values = jax.lax.dynamic_slice_in_dim(values, start, KEY_BLOCK, axis=3)
+            zero = jnp.zeros((), start.dtype)
+            block_keys = jax.lax.dynamic_slice(k_cache, (zero, layer, zero, start, zero),
+                                               (batch, 1, heads_kv, KEY_BLOCK, dim))[:, 0]
+            block_values = jax.lax.dynamic_slice(v_cache, (zero, layer, zero, zero, start),
+                                                 (batch, 1, heads_kv, dim, KEY_BLOCK))[:, 0]
             visible = self._visible(jax.lax.dynamic_slice_in_dim(key_positions, start, KEY_BLOCK, axis=1), positions)
             scores = jnp.einsum("btkgd,bksd->bkgts", q, block_keys, preferred_element_type=jnp.float32)
             return absorb(carry, scores, visible & fresh, lambda w: jnp.einsum(
                 "bkgts,bkds->btkgd", w, block_values, preferred_element_type=jnp.float32))
 
-        _, total, out = jax.lax.fori_loop(0, -(-capacity // KEY_BLOCK), block, carry)
+        _, total, out = jax.lax.fori_loop(0, (filled + KEY_BLOCK - 1) // KEY_BLOCK, block, carry)
         total = jnp.moveaxis(jnp.where(total > 0, total, 1.0), 3, 1)  # a query that sees nothing gives zeros
-        return (out / total).astype(values.dtype)
+        return (out / total).astype(values_dtype)
 
     def _visible(self, key_positions: jax.Array, positions: jax.Array) -> jax.Array:
         """[B, T, S]: query t may read slot s (filled, not in its future, inside the window)."""
@@ -374,7 +384,7 @@ class Llama(nnx.Module):
         if read_filled:
             sizes = read_sizes(cache.capacity)
             filled = _most(cache.length + jnp.sum(mask, axis=1, dtype=jnp.int32))
-            reach = (jnp.searchsorted(jnp.asarray(sizes), filled), sizes)
+            reach = (jnp.searchsorted(jnp.asarray(sizes), filled), sizes, filled)
         x = self.embed_tokens(jnp.where(mask, tokens, 0))
         k, v = cache.k, cache.v
         for i, layer in enumerate(self.layers):

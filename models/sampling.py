@@ -230,7 +230,7 @@ def draw(row_keys: jax.Array, logp: jax.Array) -> jax.Array:
     return jnp.sum(cdf <= u[:, None], axis=-1).astype(jnp.int32)
 
 
-_CACHE_AXES = KVCache(1, 1, 0, 0)  # the row axis of each leaf of a `KVCache` (K and V are layer-major)
+_CACHE_AXES = KVCache(0, 0, 0, 0)  # the row axis of each leaf of a `KVCache`: rows first, so folding is a reshape
 
 
 def _state_axes(state: LMState) -> LMState:

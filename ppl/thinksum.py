@@ -47,8 +47,8 @@ def repeat_rows(state: LMState, n: int) -> LMState:
     cache = state.cache
     return LMState(
         KVCache(
-            k=jnp.repeat(cache.k, n, axis=1),
-            v=jnp.repeat(cache.v, n, axis=1),
+            k=jnp.repeat(cache.k, n, axis=0),
+            v=jnp.repeat(cache.v, n, axis=0),
             positions=jnp.repeat(cache.positions, n, axis=0),
             length=jnp.repeat(cache.length, n, axis=0),
         ),

@@ -155,9 +155,11 @@ def test_shared_prefix_equals_a_copied_prompt(window, prompt_rows):
 
 @pytest.mark.parametrize("window", [None, 6])
 @pytest.mark.parametrize("shared_prompt", [False, True])
-def test_blocked_attention_equals_whole_softmax(monkeypatch, window, shared_prompt):
+@pytest.mark.parametrize("read_filled", [False, True])
+def test_blocked_attention_equals_whole_softmax(monkeypatch, window, shared_prompt, read_filled):
     """A chunk over a long cache attends `KEY_BLOCK` slots at a time (an online softmax): the logits and caches of
-    one softmax over every slot, with padding, rows that see nothing, a sliding window and a shared prompt."""
+    one softmax over every slot, with padding, rows that see nothing, a sliding window and a shared prompt; with
+    `read_filled` only the blocks up to the last filled slot."""
     from models import llama
 
     config = llama.Config(vocab_size=11, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=4,
@@ -173,7 +175,7 @@ def test_blocked_attention_equals_whole_softmax(monkeypatch, window, shared_prom
         monkeypatch.setattr(llama, "KEY_BLOCK", block)
         # 17 slots: the last block overlaps filled ones
         cache = lm.extend(tokens[0], lm.init_cache(3, 17), history, prefix)[1]
-        return lm.extend(tokens[1], cache, chunk, prefix)
+        return lm.extend(tokens[1], cache, chunk, prefix, read_filled=read_filled)  # filled: blocks up to slot 15
 
     (whole, whole_cache), (blocked, blocked_cache) = run(1000), run(4)
     np.testing.assert_allclose(blocked[chunk], whole[chunk], atol=2e-5)  # padding's outputs are never read
@@ -206,11 +208,11 @@ def test_reading_the_filled_part_of_a_big_cache_gives_the_same_logits(shared_pro
         np.testing.assert_allclose(a, b, atol=2e-5)  # later layers' keys follow earlier layers' attention
 
     def one(token, row):  # one row's cache, its batch axis restored
-        row = KVCache(row.k[:, None], row.v[:, None], row.positions[None], row.length[None])
+        row = KVCache(row.k[None], row.v[None], row.positions[None], row.length[None])
         return lm.extend(token[None], row, None, prefix, read_filled=True)[0][0]
 
     if prefix is None:
-        vmapped = jax.vmap(one, in_axes=(0, KVCache(1, 1, 0, 0)))
+        vmapped = jax.vmap(one, in_axes=(0, KVCache(0, 0, 0, 0)))
         np.testing.assert_allclose(jax.jit(vmapped)(token, cache), full, atol=2e-5)
         jaxpr = str(jax.make_jaxpr(vmapped)(token, cache))
         assert "cond[" in jaxpr  # a batched index would have turned the switch into a select of every branch

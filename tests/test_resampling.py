@@ -72,3 +72,21 @@ def test_gather_takes_every_leaf_along_axis_0():
     out = resampling.gather(tree, jnp.array([2, 2, 0]))
     np.testing.assert_array_equal(out["a"], [2, 2, 0])
     np.testing.assert_array_equal(out["b"][0], [[4, 5], [4, 5], [0, 1]])
+
+
+def test_big_leaves_are_gathered_one_layer_at_a_time(monkeypatch):
+    """A KV-cache-sized leaf [N, rows = 1, layers, ...] is gathered slice by slice of its layers (in place: one
+    layer's copy at a time); the result is the plain gather, under jit and vmap too."""
+    monkeypatch.setattr(resampling, "CHUNKED_GATHER_BYTES", 64)
+    tree = {"cache": jnp.arange(4 * 3 * 2 * 5, dtype=jnp.float32).reshape(4, 1, 3, 2, 5), "flag": jnp.arange(4),
+            "row": jnp.arange(4 * 1 * 3).reshape(4, 1, 3)}  # under the threshold
+    ancestors = jnp.array([3, 3, 0, 1])
+    want = jax.tree.map(lambda leaf: np.asarray(leaf)[np.asarray(ancestors)], tree)
+    for got in (resampling.gather(tree, ancestors), jax.jit(resampling.gather)(tree, ancestors)):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(a, b)
+    jaxpr = str(jax.make_jaxpr(resampling.gather)(tree, ancestors))
+    assert jaxpr.count("scan[") + jaxpr.count("while[") == 1  # the cache only: the others are one gather each
+    batched = jax.vmap(resampling.gather, in_axes=(0, 0))(jax.tree.map(lambda x: jnp.stack([x, x]), tree),
+                                                         jnp.stack([ancestors, ancestors[::-1]]))
+    np.testing.assert_array_equal(batched["cache"][1], np.asarray(tree["cache"])[np.asarray(ancestors[::-1])])

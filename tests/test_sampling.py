@@ -111,10 +111,7 @@ def test_sample_step_stops_exactly_at_first_delimiter_and_freezes_finished_rows(
     assert split_seen, "the seed should produce at least one delimiter split over two tokens"
     frozen = ~np.asarray(active)
     old, new = state, result.state
-    for a, b in [(old.cache.k, new.cache.k), (old.cache.v, new.cache.v)]:
-        np.testing.assert_array_equal(np.asarray(a)[:, frozen], np.asarray(b)[:, frozen])
-    for a, b in [(old.cache.positions, new.cache.positions), (old.cache.length, new.cache.length),
-                 (old.next_logits, new.next_logits)]:
+    for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new), strict=True):  # rows first in every leaf
         np.testing.assert_array_equal(np.asarray(a)[frozen], np.asarray(b)[frozen])
     # Log-probs: the model's are those of the cached forward, exactly what teacher forcing gives.
     logp, forced = jax.jit(force_tokens)(lm, state, result.tokens, result.tokens != NO_TOKEN)
@@ -171,7 +168,7 @@ def test_vmapped_step_runs_all_particles_as_one_batch_and_equals_each_alone():
         np.testing.assert_allclose(alone.state.cache.k, swarm.state.cache.k[p], atol=1e-5)
     np.testing.assert_array_equal(swarm.state.cache.k[1], state.cache.k)  # the inactive particle is frozen
     loops = [e for e in equations(jax.make_jaxpr(jax.vmap(one))(keys, active).jaxpr) if e.primitive.name == "while"]
-    cache_shape = (2, 5, 2, 9, 8)  # [layers, particles * rows, kv heads, capacity, head dim]
+    cache_shape = (5, 2, 2, 9, 8)  # [particles * rows, layers, kv heads, capacity, head dim]
     assert len(loops) == 1 and cache_shape in [v.aval.shape for v in loops[0].invars]
 
 
