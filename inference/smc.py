@@ -126,7 +126,9 @@ def smc_step(
     t, key = xs
     resample_key, propagate_key = jax.random.split(key)
     ancestors, log_weights, resampled = resampler(resample_key, state.log_weights)
-    particles = jax.lax.cond(resampled, lambda p: gather(p, ancestors), lambda p: p, state.particles)
+    # Gathered every step (``ancestors`` is the identity when not resampling): a ``cond`` would hold a second
+    # copy of the particles (its gather branch's, or both branches' under ``vmap``).
+    particles = gather(state.particles, ancestors)
     keys = jax.random.split(propagate_key, log_weights.shape[0])
     particles, increments, record = propagate(keys, particles, t)
     unnormalised = log_weights + increments
