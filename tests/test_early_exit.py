@@ -162,27 +162,25 @@ def test_a_done_trace_is_left_bit_for_bit(share_prompt):
     the reasoning program skips the engine's whole-state select (`keeps_done`)."""
     import numpyro
 
-    import models
-    from models.prm import load_prm
-    from ppl.commands.shipped import SHIPPED
+    from models.prm import PRM
     from ppl.tasks import TASKS
 
-    lm, tokenizer = models.load(SHIPPED / "lm")
-    prm, _ = load_prm(SHIPPED / "prm")
+    config = Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_layers=1,
+                    num_heads=2, num_kv_heads=1, head_dim=8)
+    lm = random_init(config, seed=1, scale=0.3)
+    prm = PRM(random_init(config, seed=2, scale=0.3), "token", step_tag_id=1, good_id=2, bad_id=3)
     task = TASKS["arithmetic"]
-    verifier = task.verifier.build(jnp.asarray(np.zeros((lm.config.vocab_size, 1), np.uint8)))
-    tokens = jnp.asarray([tokenizer.encode(task.prompt("(3+4)*5"))])
-    params = SamplingParams(temperature=1.0, max_tokens=6)
-    stops = stop_table_from_bytes([bytes([65 + i % 26]) for i in range(lm.config.vocab_size)])
+    verifier = task.verifier.build(jnp.asarray(np.zeros((VOCAB, 1), np.uint8)))
+    params = SamplingParams(temperature=1.0, max_tokens=3)
     for judge_model, context in ((prm, None), (verifier, task.verifier.context("(3+4)*5"))):
-        room = tokens.shape[1] + (0 if share_prompt else 20)
-        lm_state, judge = reasoning.prefill_prompt(lm, judge_model, tokens, room)
+        room = PROMPT.shape[1] + (0 if share_prompt else 12)
+        lm_state, judge = reasoning.prefill_prompt(lm, judge_model, PROMPT, room)
         judge = context if context is not None else judge
         shared = (lm_state, judge if context is None else None) if share_prompt else (None, None)
 
         def step(trace, key, judge_model=judge_model, shared=shared):
             with numpyro.handlers.seed(rng_seed=key):
-                trace = reasoning.write_step("step", lm, trace, params, stops, prompt=shared[0])
+                trace = reasoning.write_step("step", lm, trace, params, STOPS, prompt=shared[0])
                 return reasoning.observe_prm("prm", judge_model, trace, prompt=shared[1])
 
         trace = reasoning.start(lm_state, judge, 3, params.max_tokens, share_prompt)

@@ -63,7 +63,7 @@ def test_global_resampling_gives_the_same_particles_on_1_and_8_devices():
             ("tokens", StateSpaceProgram(token_init, token_step, LENGTH), ()),
             ("lm", StateSpaceProgram(init, make_step("bernoulli"), STEPS), lm_args),
         ]:
-            for threshold, route in ((0.5, 0), (1.0, 0), (1.0, 2)):
+            for threshold, route in ((1.0, 0), (1.0, 2)):  # global and routed resampling, every step
                 one = SMC(program, 64, ess_threshold=threshold).run(jax.random.key(3), *args)
                 strategy = Routed(route) if route else "systematic"
                 eight = SMC(program, 64, strategy, threshold, mesh=mesh).run(jax.random.key(3), *args)
@@ -99,7 +99,7 @@ def test_global_resampling_gives_the_same_particles_on_1_and_8_devices():
         assert run["same_ancestors"] and run["same_discrete"], name
         assert run["float_difference"] < 1e-5, name
         assert run["sharded"] == 8, name
-        assert run["resampled"] > 0 or "/0.5/" in name, name
+        assert run["resampled"] > 0, name
         np.testing.assert_allclose(*run["log_evidence"], rtol=1e-5)
 
 
