@@ -226,20 +226,28 @@ class Attention(nnx.Module):
             probs = jax.nn.softmax(scores / math.sqrt(c.head_dim), axis=-1).astype(values.dtype)
             return jnp.einsum("bkgts,bkds->btkgd", probs, values)
 
-        shared = prefix.positions.shape[0]  # prefix rows; row b reads prefix row b // (batch / shared)
-        by_prefix = lambda a: a.reshape(shared, batch // shared, *a.shape[1:])
-        prefix_keys, prefix_values = prefix.k[:, layer], prefix.v[:, layer]  # [P, K, Sp, D], [P, K, D, Sp]
-        prefix_scores = jnp.einsum(
-            "prtkgd,pksd->prkgts", by_prefix(q), prefix_keys, preferred_element_type=jnp.float32
-        ).reshape(batch, *scores.shape[1:-1], -1)
-        row_positions = jnp.repeat(prefix.positions, batch // shared, axis=0)
-        visible = self._visible(row_positions, positions)
+        prefix_scores, visible, weigh_prefix = self._prefix_part(q, prefix, layer, positions)
         prefix_scores = jnp.where(visible[:, None, None], prefix_scores, MASK_VALUE)
         both = jnp.concatenate([prefix_scores, scores], axis=-1) / math.sqrt(c.head_dim)
         probs = jax.nn.softmax(both, axis=-1).astype(values.dtype)
-        from_prefix = probs[..., : prefix.capacity]
         out = jnp.einsum("bkgts,bkds->btkgd", probs[..., prefix.capacity :], values)
-        return out + jnp.einsum("prkgts,pkds->prtkgd", by_prefix(from_prefix), prefix_values).reshape(out.shape)
+        return out + weigh_prefix(probs[..., : prefix.capacity])
+
+    def _prefix_part(self, q, prefix, layer, positions):
+        """`q` [B, T, K, G, D] against a shared prefix (row b reads prefix row b // (B / P)): its scores
+        [B, K, G, T, Sp] in float32, which of its slots each query sees [B, T, Sp], and `weigh(w, dtype)`, the
+        weights' [B, K, G, T, Sp] product with its values [B, T, K, G, D]."""
+        batch, shared = q.shape[0], prefix.positions.shape[0]
+        by_prefix = lambda a: a.reshape(shared, batch // shared, *a.shape[1:])
+        keys, values = prefix.k[:, layer], prefix.v[:, layer]  # [P, K, Sp, D], [P, K, D, Sp]
+        scores = jnp.einsum("prtkgd,pksd->prkgts", by_prefix(q), keys, preferred_element_type=jnp.float32)
+        visible = self._visible(jnp.repeat(prefix.positions, batch // shared, axis=0), positions)
+
+        def weigh(weights, dtype=None):
+            out = jnp.einsum("prkgts,pkds->prtkgd", by_prefix(weights), values, preferred_element_type=dtype)
+            return out.reshape(q.shape)
+
+        return scores.reshape(batch, *scores.shape[2:]), visible, weigh
 
     def _attend_blocked(self, q, k_cache, v_cache, layer, filled, key_positions, positions, prefix):
         """`_attend` for a chunk over a long cache, flash-style: the prefix, then `KEY_BLOCK` slots at a time
@@ -264,14 +272,8 @@ class Attention(nnx.Module):
         carry = (jnp.full(heads, MASK_VALUE, jnp.float32), jnp.zeros(heads, jnp.float32),
                  jnp.zeros(q.shape, jnp.float32))
         if prefix is not None:
-            shared = prefix.positions.shape[0]
-            by_prefix = lambda a: a.reshape(shared, batch // shared, *a.shape[1:])
-            prefix_keys, prefix_values = prefix.k[:, layer], prefix.v[:, layer]
-            scores = jnp.einsum("prtkgd,pksd->prkgts", by_prefix(q), prefix_keys, preferred_element_type=jnp.float32)
-            visible = self._visible(jnp.repeat(prefix.positions, batch // shared, axis=0), positions)
-            carry = absorb(carry, scores.reshape(*heads[:-1], -1), visible, lambda w: jnp.einsum(
-                "prkgts,pkds->prtkgd", by_prefix(w), prefix_values, preferred_element_type=jnp.float32
-            ).reshape(q.shape))
+            scores, visible, weigh = self._prefix_part(q, prefix, layer, positions)
+            carry = absorb(carry, scores, visible, lambda w: weigh(w, jnp.float32))
 
         _, _, heads_kv, capacity, dim = k_cache.shape
 
