@@ -183,6 +183,9 @@ class Sweep:
         ancestor_sampling: bool = False,
         resampler: Resampler | None = None,
     ):
+        if program.pool is not None:
+            raise ValueError("particle MCMC records every step's particles, which a program's pool does not "
+                             "follow: run it without one (e.g. cache='contiguous')")
         self.program = program
         self.num_particles = int(num_particles)
         self.ancestor_sampling = ancestor_sampling

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from ppl.program import Swarm
+
 Array = jax.Array
 Scheme = Callable[[Array, Array, int], Array]
 # (key, normalised log_weights[N]) -> (ancestors[N], log_weights after resampling, resampled?)
@@ -119,8 +121,11 @@ def gather(particles, ancestors: Array):
 
     A big leaf (a KV cache: [N, rows, layers, ...]) is gathered one index of its first axis longer than 1
     after the particles' at a time (the layers), each slice written back in place, so the gather holds a
-    copy of one layer's caches rather than of all of them.
+    copy of one layer's caches rather than of all of them. A ``ppl.program.Swarm``'s pool is shared by the
+    particles and stays as it is.
     """
+    if isinstance(particles, Swarm):
+        return particles._replace(particles=gather(particles.particles, ancestors))
 
     def take(leaf: Array) -> Array:
         axis = next((a for a in range(1, leaf.ndim) if leaf.shape[a] > 1), None)

@@ -36,7 +36,7 @@ from inference import resampling
 from inference.resampling import Adaptive, Gather, Propagate, Resampler, StepContext, Strategy
 from inference.sharding import ParticlePlacement
 from ppl.errors import PPLError
-from ppl.program import StateSpaceProgram, done_flag
+from ppl.program import StateSpaceProgram, done_flag, particles_of
 
 Array = jax.Array
 
@@ -181,6 +181,7 @@ class SMCResult(NamedTuple):
     False), ``log_evidence_increments``; ``log_evidence`` = log mean exp(initial log-weights) +
     their sum. ``weight_status`` [T] and ``init_weight_status`` are ``WeightStatus`` codes.
     ``deterministic`` holds the deterministic sites per step [T, N, ...] when recorded, else {}.
+    ``pool`` is the final state of the program's ``ppl.program.Pool`` (None without one).
     """
 
     log_evidence: Array
@@ -193,6 +194,7 @@ class SMCResult(NamedTuple):
     weight_status: Array
     init_weight_status: Array
     deterministic: dict
+    pool: Any = None
 
     @property
     def normalized_weights(self) -> Array:
@@ -273,6 +275,8 @@ class SMC:
         self.strategy = strategy_of(resampling)
         self.ess_threshold = ess_threshold
         self.record_deterministic = record_deterministic
+        if mesh is not None and program.pool is not None:
+            raise ValueError("a program with a pool runs on one device: drop the mesh (or the pool)")
         self.placement = None if mesh is None else ParticlePlacement(mesh, self.num_particles)
         self.strategy.check(self.num_particles, self.placement)
         self._run_jit = jax.jit(self.run_unchecked)
@@ -309,7 +313,7 @@ class SMC:
             state = state._replace(particles=self._place(state.particles))
         return SMCResult(
             log_evidence=state.log_evidence,
-            particles=state.particles,
+            particles=particles_of(state.particles),
             log_weights=state.log_weights,
             ess=info.ess,
             ancestors=info.ancestors,
@@ -318,6 +322,7 @@ class SMC:
             weight_status=info.weight_status,
             init_weight_status=init_status,
             deterministic=info.record,
+            pool=state.particles.pool if self.program.pool is not None else None,
         )
 
     def _settler(self, num_steps: int) -> Callable[[SMCState, tuple[Array, Array], Any], tuple[SMCState, SMCStepInfo]]:
@@ -335,14 +340,18 @@ class SMC:
         return settle
 
     def run(self, rng_key: Array, *args) -> SMCResult:
-        """Run SMC; raise ``WeightError`` naming the first step whose weights went bad."""
+        """Run SMC; raise ``WeightError`` naming the first step whose weights went bad (and whatever the
+        program's pool raises when it cannot vouch for the run)."""
         result = self._run_jit(rng_key, *args)
         check_weights(result)
+        if self.program.pool is not None:
+            self.program.pool.check(result.pool)
         return result
 
 
 def _done_flags(particles: Any) -> Array | None:
     """Each particle's ``done`` flag [N] (``ppl.program.done_flag``), or None if the state has none."""
+    particles = particles_of(particles)
     if done_flag(jax.tree.map(lambda leaf: leaf[0], particles)) is None:
         return None
     return jax.vmap(done_flag)(particles)

@@ -25,12 +25,15 @@ all-reduces after `o_proj` and `down_proj`.
 A read-only `prefix` cache (a prompt prefilled once) can be shared by many
 rows: with P prefix rows and B = P * G rows, row b also attends to prefix row
 b // G. Particles thus keep only their own tokens in their caches, and the
-prompt's keys and values are stored once.
+prompt's keys and values are stored once. A prefix is anything with `KVCache`'s
+`rows`, `capacity`, `layer(i)` and `next_position()`: `models.paging.PagedContext`
+is one, each row's earlier tokens read through its page table from a shared pool.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -83,6 +86,15 @@ class KVCache(NamedTuple):
     def capacity(self) -> int:
         return self.positions.shape[1]
 
+    @property
+    def rows(self) -> int:
+        return self.positions.shape[0]
+
+    def layer(self, index: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Layer `index`'s keys [B, K, S, D], values [B, K, D, S] and slot positions [B, S]: what a shared
+        `prefix` answers (as does `models.paging.PagedContext`, a context read through page tables)."""
+        return self.k[:, index], self.v[:, index], self.positions
+
     def next_position(self) -> jax.Array:
         """RoPE position the next token of each row will take."""
         return jnp.max(self.positions, axis=1) + 1
@@ -103,15 +115,23 @@ class KVCache(NamedTuple):
         return KVCache.zeros(layers, batch, capacity, heads, dim, self.k.dtype)
 
 
+class PrefixChoice(NamedTuple):
+    """A prefix read as `options[index]` (`index` unbatched, a `lax.switch`): e.g. a paged context read only up
+    to the pages its rows have filled (`models.paging.PagedContext.narrowed`)."""
+
+    index: jax.Array
+    options: tuple
+
+
 @jax.custom_batching.custom_vmap
-def _most(x: jax.Array) -> jax.Array:
+def most(x: jax.Array) -> jax.Array:
     """max(x), and under `vmap` the max over the vmapped axis too, unbatched: one bound for all."""
     return jnp.max(x)
 
 
-@_most.def_vmap
+@most.def_vmap
 def _most_vmap(axis_size: int, in_batched: list, x: jax.Array) -> tuple[jax.Array, bool]:
-    return _most(jnp.max(x, axis=0) if in_batched[0] else x), False
+    return most(jnp.max(x, axis=0) if in_batched[0] else x), False
 
 
 def read_sizes(capacity: int, smallest: int = 64) -> tuple[int, ...]:
@@ -197,21 +217,26 @@ class Attention(nnx.Module):
         rows = jnp.arange(batch)[:, None]
         k_cache = k_cache.at[rows, layer, :, dest].set(k.astype(k_cache.dtype), mode="drop")
         v_cache = v_cache.at[rows, layer, :, :, dest].set(v.astype(v_cache.dtype), mode="drop")
-        if length > 1 and k_cache.shape[3] > KEY_BLOCK:
-            filled = k_cache.shape[3] if reach is None else reach[2]
-            out = self._attend_blocked(q, k_cache, v_cache, layer, filled, key_positions, positions, prefix)
-            return self.o_proj(out.reshape(batch, length, -1)), k_cache, v_cache
-        keys, values = k_cache[:, layer], v_cache[:, layer]  # [B, K, S, D], [B, K, D, S]
-        if reach is None:
-            out = self._attend(q, keys, values, key_positions, positions, layer, prefix)
-        else:
+
+        def read(prefix):
+            if length > 1 and k_cache.shape[3] > KEY_BLOCK:
+                filled = k_cache.shape[3] if reach is None else reach[2]
+                return self._attend_blocked(q, k_cache, v_cache, layer, filled, key_positions, positions, prefix)
+            keys, values = k_cache[:, layer], v_cache[:, layer]  # [B, K, S, D], [B, K, D, S]
+            if reach is None:
+                return self._attend(q, keys, values, key_positions, positions, layer, prefix)
             index, sizes, _ = reach
 
             def first(size: int):
                 return lambda: self._attend(q, keys[:, :, :size], values[..., :size], key_positions[:, :size],
                                             positions, layer, prefix)
 
-            out = jax.lax.switch(index, [first(size) for size in sizes])
+            return jax.lax.switch(index, [first(size) for size in sizes])
+
+        if isinstance(prefix, PrefixChoice):
+            out = jax.lax.switch(prefix.index, [functools.partial(read, option) for option in prefix.options])
+        else:
+            out = read(prefix)
         return self.o_proj(out.reshape(batch, length, -1)), k_cache, v_cache
 
     def _attend(self, q, keys, values, key_positions, positions, layer, prefix):
@@ -237,11 +262,11 @@ class Attention(nnx.Module):
         """`q` [B, T, K, G, D] against a shared prefix (row b reads prefix row b // (B / P)): its scores
         [B, K, G, T, Sp] in float32, which of its slots each query sees [B, T, Sp], and `weigh(w, dtype)`, the
         weights' [B, K, G, T, Sp] product with its values [B, T, K, G, D]."""
-        batch, shared = q.shape[0], prefix.positions.shape[0]
+        batch, shared = q.shape[0], prefix.rows
         by_prefix = lambda a: a.reshape(shared, batch // shared, *a.shape[1:])
-        keys, values = prefix.k[:, layer], prefix.v[:, layer]  # [P, K, Sp, D], [P, K, D, Sp]
+        keys, values, key_positions = prefix.layer(layer)  # [P, K, Sp, D], [P, K, D, Sp], [P, Sp]
         scores = jnp.einsum("prtkgd,pksd->prkgts", by_prefix(q), keys, preferred_element_type=jnp.float32)
-        visible = self._visible(jnp.repeat(prefix.positions, batch // shared, axis=0), positions)
+        visible = self._visible(jnp.repeat(key_positions, batch // shared, axis=0), positions)
 
         def weigh(weights, dtype=None):
             out = jnp.einsum("prkgts,pkds->prtkgd", by_prefix(weights), values, preferred_element_type=dtype)
@@ -372,7 +397,7 @@ class Llama(nnx.Module):
         offset = jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
         start = cache.next_position()
         if prefix is not None:
-            shared = prefix.positions.shape[0]
+            shared = prefix.rows
             if tokens.shape[0] % shared:
                 raise ValueError(f"{shared} prefix rows cannot be shared by {tokens.shape[0]} rows")
             start = jnp.maximum(start, jnp.repeat(prefix.next_position(), tokens.shape[0] // shared))
@@ -385,8 +410,10 @@ class Llama(nnx.Module):
         reach = None
         if read_filled:
             sizes = read_sizes(cache.capacity)
-            filled = _most(cache.length + jnp.sum(mask, axis=1, dtype=jnp.int32))
+            filled = most(cache.length + jnp.sum(mask, axis=1, dtype=jnp.int32))
             reach = (jnp.searchsorted(jnp.asarray(sizes), filled), sizes, filled)
+            if hasattr(prefix, "narrowed"):
+                prefix = prefix.narrowed()
         x = self.embed_tokens(jnp.where(mask, tokens, 0))
         k, v = cache.k, cache.v
         for i, layer in enumerate(self.layers):

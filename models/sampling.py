@@ -15,6 +15,7 @@ and each new token's bytes are appended before matching.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.llama import KVCache, Llama
+from models.paging import PagedContext
 
 NO_TOKEN = -1  # fills token buffers past a row's length
 
@@ -194,7 +196,7 @@ def sample_step(
     params: SamplingParams,
     stops: StopTable,
     active: jax.Array | None = None,
-    prefix: KVCache | None = None,
+    prefix: KVCache | PagedContext | None = None,
     limit: jax.Array | None = None,
 ) -> StepResult:
     """Sample one step for every row until EOS, a stop string, or its token cap: `params.max_tokens`,
@@ -250,6 +252,21 @@ def _unfold(x: jax.Array, axis: int, size: int) -> jax.Array:
     return jnp.moveaxis(x, axis, 0)
 
 
+def _fold_paged(context: PagedContext, batched: PagedContext, size: int, rows: Callable) -> PagedContext:
+    """A paged context of `size` vmapped elements as one: their page tables become rows; pools of their own
+    (one per element) are laid end to end, each table offset to its element's pages. A shared pool stays."""
+    pages, count = context.pages, rows(context.count, batched.count, 0)
+    if any(jax.tree.leaves(batched.pool)):
+        pool = jax.tree.map(lambda x, b: x if b else jnp.broadcast_to(x[None], (size, *x.shape)), context.pool,
+                            batched.pool)
+        num_pages = pool.positions.shape[1]
+        pages = rows(pages, batched.pages, 0).reshape(size, -1, pages.shape[-1])
+        pages = (pages + num_pages * jnp.arange(size, dtype=pages.dtype)[:, None, None]).reshape(-1, pages.shape[-1])
+        merged = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), pool._replace(exhausted=None))
+        return PagedContext(merged._replace(exhausted=jnp.any(pool.exhausted)), pages, count)
+    return PagedContext(context.pool, rows(pages, batched.pages, 0), count)
+
+
 def _row_sampler(params: SamplingParams):
     """`sample_rows` for `params`, whose batching rule folds the vmapped axis into the rows."""
 
@@ -272,7 +289,9 @@ def _row_sampler(params: SamplingParams):
             return _fold(x, axis)
 
         state = jax.tree.map(rows, state, state_batched, _state_axes(state))
-        if prefix is not None and any(jax.tree.leaves(prefix_batched)):  # one prefix per vmapped element
+        if isinstance(prefix, PagedContext):
+            prefix = _fold_paged(prefix, prefix_batched, size, rows)
+        elif prefix is not None and any(jax.tree.leaves(prefix_batched)):  # one prefix per vmapped element
             prefix = jax.tree.map(rows, prefix, prefix_batched, _CACHE_AXES)
         # An unbatched prefix stays as it is: every folded row shares it, stored once.
         result = run(lm, rows(row_keys, keys_batched, 0), state, stops, rows(running, running_batched, 0),
@@ -292,7 +311,7 @@ def _sample_rows(
     stops: StopTable,
     running: jax.Array,
     limit: jax.Array,
-    prefix: KVCache | None,
+    prefix: KVCache | PagedContext | None,
 ) -> StepResult:
     """`sample_step` with one key per row, the running rows and their caps given: the loop itself."""
     batch = state.next_logits.shape[0]
@@ -352,7 +371,7 @@ def _sample_rows(
 
 
 def force_tokens(
-    lm: Llama, state: LMState, tokens: jax.Array, mask: jax.Array, prefix: KVCache | None = None
+    lm: Llama, state: LMState, tokens: jax.Array, mask: jax.Array, prefix: KVCache | PagedContext | None = None
 ) -> tuple[jax.Array, LMState]:
     """Teacher-force `tokens` [B, T] (valid where `mask`, padding at the end) after `state`.
 

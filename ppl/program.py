@@ -13,8 +13,9 @@ that really produced its value in ``infer={"proposal_log_prob": logq}`` (e.g. an
 temperature, recorded as ``dist.Delta(tokens, log_density=logp)``).
 """
 
+import functools
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,8 @@ from numpyro import handlers
 Array = jax.Array
 State = Any
 
-__all__ = ["StateSpaceProgram", "StepOutput", "done_flag", "log_weight", "run_traced", "site_log_prob"]
+__all__ = ["Pool", "StateSpaceProgram", "StepOutput", "Swarm", "done_flag", "log_weight", "particles_of",
+           "run_traced", "site_log_prob"]
 
 
 class StepOutput(NamedTuple):
@@ -112,6 +114,35 @@ def done_flag(state: State) -> Array | None:
     return None if flag is None else jnp.all(jnp.asarray(flag, bool))
 
 
+class Pool(Protocol):
+    """State shared by every particle of a run, not resampled with them (e.g. pages of KV cache).
+
+    ``init(num_particles, *args)`` builds it before the particles; ``init`` and ``step`` get it as
+    the keyword ``pool=``; after each step ``commit(pool, particles)`` (the whole batch, leading
+    axis N) moves what the step left in the particles into it; ``check(pool)`` raises, host-side,
+    when the run's results cannot be trusted (e.g. the pool ran out of room).
+    """
+
+    def init(self, num_particles: int, *args) -> Any: ...
+
+    def commit(self, pool: Any, particles: Any) -> tuple[Any, Any]: ...
+
+    def check(self, pool: Any) -> None: ...
+
+
+class Swarm(NamedTuple):
+    """The particles (leading axis N) of a program with a ``Pool``, and the pool: resampling gathers
+    ``particles`` only (``inference.resampling.gather``)."""
+
+    particles: Any
+    pool: Any
+
+
+def particles_of(swarm: Any) -> Any:
+    """The particles, whether or not they travel with a pool."""
+    return swarm.particles if isinstance(swarm, Swarm) else swarm
+
+
 class StateSpaceProgram:
     """A state-space model for one particle: ``init(*args)`` then ``num_steps`` of ``step``.
 
@@ -124,6 +155,10 @@ class StateSpaceProgram:
     the old state over the step's new one, leaf by leaf. ``keeps_done=True`` declares that ``step``
     itself leaves a done particle's state as it was, bit for bit (as ``ppl.reasoning``'s primitives
     do), so that select, which holds a second copy of every KV cache, is skipped.
+
+    ``pool`` (a ``Pool``): state shared by the particles; the batch functions then take and return a
+    ``Swarm``. A step may leave particles with state of another shape for the pool's ``commit`` to
+    take back, so such a program must keep done particles itself (``keeps_done=True``).
     """
 
     def __init__(
@@ -133,25 +168,34 @@ class StateSpaceProgram:
         num_steps: int,
         proposal: Any = None,
         keeps_done: bool = False,
+        pool: Pool | None = None,
     ):
+        if pool is not None and not keeps_done:
+            raise ValueError("a program with a pool must leave done particles as they are (keeps_done=True)")
         self.init = init
         self.step = step
         self.num_steps = int(num_steps)
         self.keeps_done = keeps_done
+        self.pool = pool
         if proposal is None:
             proposal = (None, None)
         elif not isinstance(proposal, tuple | list):
             proposal = (proposal.init, proposal.step)
         self.proposal_init, self.proposal_step = proposal
 
-    def initialize(self, rng_key: Array, *args) -> tuple[State, Array]:
+    def _with_pool(self, fn: Callable | None, pool: Any) -> Callable | None:
+        return fn if fn is None or self.pool is None else functools.partial(fn, pool=pool)
+
+    def initialize(self, rng_key: Array, *args, pool: Any = None) -> tuple[State, Array]:
         """One particle's initial state and its initial log-weight (init's factors, p/q terms)."""
-        state, logw, _ = run_traced(self.init, self.proposal_init, rng_key, *args)
+        init, proposal = self._with_pool(self.init, pool), self._with_pool(self.proposal_init, pool)
+        state, logw, _ = run_traced(init, proposal, rng_key, *args)
         return state, logw
 
-    def propagate_traced(self, rng_key: Array, state: State, t: Array, *args) -> StepOutput:
+    def propagate_traced(self, rng_key: Array, state: State, t: Array, *args, pool: Any = None) -> StepOutput:
         """One particle's step ``t``; a done particle keeps its state and gets increment 0."""
-        new_state, logw, dets = run_traced(self.step, self.proposal_step, rng_key, state, t, *args)
+        step, proposal = self._with_pool(self.step, pool), self._with_pool(self.proposal_step, pool)
+        new_state, logw, dets = run_traced(step, proposal, rng_key, state, t, *args)
         done = done_flag(state)
         if done is None:
             return StepOutput(new_state, logw, dets)
@@ -165,9 +209,20 @@ class StateSpaceProgram:
         return out.state, out.log_weight
 
     def initialize_batch(self, rng_keys: Array, *args) -> tuple[State, Array]:
-        """``initialize`` vmapped over keys [N]; ``args`` are shared by all particles."""
-        return jax.vmap(lambda k: self.initialize(k, *args))(rng_keys)
+        """``initialize`` vmapped over keys [N]; ``args`` are shared by all particles. With a pool, the
+        particles come as a ``Swarm`` with the pool they were started from."""
+        if self.pool is None:
+            return jax.vmap(lambda k: self.initialize(k, *args))(rng_keys)
+        pool = self.pool.init(rng_keys.shape[0], *args)
+        states, logw = jax.vmap(lambda k: self.initialize(k, *args, pool=pool))(rng_keys)
+        return Swarm(states, pool), logw
 
     def propagate_batch(self, rng_keys: Array, states: State, t: Array, *args) -> StepOutput:
-        """``propagate_traced`` vmapped over keys [N] and states (leading axis N)."""
-        return jax.vmap(lambda k, s: self.propagate_traced(k, s, t, *args))(rng_keys, states)
+        """``propagate_traced`` vmapped over keys [N] and states (leading axis N); with a pool, over a
+        ``Swarm``'s particles, then the step's writes committed to its pool."""
+        if self.pool is None:
+            return jax.vmap(lambda k, s: self.propagate_traced(k, s, t, *args))(rng_keys, states)
+        pool = states.pool
+        out = jax.vmap(lambda k, s: self.propagate_traced(k, s, t, *args, pool=pool))(rng_keys, states.particles)
+        pool, particles = self.pool.commit(pool, out.state)
+        return out._replace(state=Swarm(particles, pool))

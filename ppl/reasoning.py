@@ -29,18 +29,28 @@ every particle reads the prompt's keys and values from the one shared copy, whic
     def step(trace, t, lm_state, judge, lm, prm):
         trace = reasoning.write_step("step", lm, trace, params, stops, prompt=lm_state)
         return reasoning.observe_prm("prm", prm, trace, form="bernoulli", prompt=judge)
+
+With paged caches (`Paging`, the `ppl.program.Pool` of a program) the prompt and every
+step live in pools of pages shared by the particles, and a trace holds page tables: a
+step is sampled (and scored) into a small buffer that the pool's `commit` moves to fresh
+pages after the step, so resampling copies tables, and children of one parent share its
+pages. The primitives then take the run's pools as `pool=` instead of `prompt=`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from models import paging
 from models.llama import KVCache
+from models.paging import PagedContext, PagePool, PageTable
 from models.sampling import (
     NO_TOKEN,
     STOP_CAP,
@@ -72,6 +82,9 @@ class Trace(NamedTuple):
     # () when the caches hold the steps only and the prompt is shared, None when they copy it:
     # a leafless marker, so it is static under jit/vmap and the pairing with `prompt=` is checkable.
     shared_prompt: tuple | None = None
+    # Paged traces: the page tables of the LM's and a model PRM's tokens (`lm`/`judge` are then
+    # empty between steps, and hold the step's buffer until the pool's commit).
+    pages: Pages | None = None
 
     @property
     def last_step(self) -> tuple[jax.Array, jax.Array]:
@@ -79,6 +92,113 @@ class Trace(NamedTuple):
         index = jnp.maximum(self.num_steps - 1, 0)
         tokens = jnp.take_along_axis(self.steps, index[:, None, None], axis=1)[:, 0]
         return tokens, tokens != NO_TOKEN
+
+
+class Pages(NamedTuple):
+    """A paged trace's page tables (leading batch axis of 1, like the trace's arrays)."""
+
+    lm: PageTable
+    judge: PageTable | None  # None for a judge that is not a model PRM
+
+
+class Pools(NamedTuple):
+    """A paged run's shared state: the LM's and a model PRM's page pools and their prompts' tables."""
+
+    lm: PagePool
+    judge: PagePool | None
+    prompt: Pages
+
+    @property
+    def exhausted(self) -> jax.Array:
+        """Whether a commit ran out of pages (the run's results are then not to be read)."""
+        return self.lm.exhausted if self.judge is None else self.lm.exhausted | self.judge.exhausted
+
+
+class PoolExhausted(RuntimeError):
+    """A paged run needed more pages than its pool holds: its results are lost, not wrong."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Paging:
+    """Paged KV caches for a reasoning program: its `ppl.program.Pool`.
+
+    Every step starts on a fresh page, so a trace of `max_steps` steps and `budget` tokens (or every
+    step at its `max_tokens` cap) needs at most `budget / page_size + max_steps` pages besides its
+    prompt's. `pages` sizes each pool (the LM's, and a model PRM's); the default, `None`, gives every
+    particle room for a whole trace of its own, so the pool can never run out; a smaller pool holds only
+    the distinct pages alive (descendants of one particle share its pages) and a run that outgrows it
+    raises `PoolExhausted` (`check`), never returns a wrong result.
+    """
+
+    max_steps: int
+    max_tokens: int
+    budget: int | None = None
+    page_size: int = 16
+    pages: int | None = None
+
+    def step_pages(self, extra_per_step: int) -> int:
+        """Table entries a trace's steps may take (each step `max_tokens + extra_per_step` tokens at most)."""
+        per_step = paging.pages_for(self.max_tokens + extra_per_step, self.page_size)
+        cap = self.max_steps * per_step
+        if self.budget is None:
+            return cap
+        return min(cap, paging.pages_for(self.budget + extra_per_step * self.max_steps, self.page_size)
+                   + self.max_steps)
+
+    def init(self, num_particles: int, lm_state: LMState, judge: Any, lm: Any, prm: Any) -> Pools:
+        def pool(cache: KVCache, extra_per_step: int) -> tuple[PagePool, PageTable]:
+            prompt_pages = cache.rows * paging.pages_for(cache.capacity, self.page_size)
+            default = 1 + prompt_pages + num_particles * self.step_pages(extra_per_step)
+            return paging.pool_of_prompt(cache, self.pages or default, self.page_size)
+
+        lm_pool, lm_prompt = pool(lm_state.cache, 0)
+        judge_pool = judge_prompt = None
+        if isinstance(judge, KVCache):
+            judge_pool, judge_prompt = pool(judge, 1)  # the PRM's step tag
+        return Pools(lm_pool, judge_pool, Pages(lm_prompt, judge_prompt))
+
+    def empty_trace(self, pools: Pools, lm_state: LMState, judge: Any) -> Trace:
+        """An empty paged trace: its tables hold the prompt's pages, with room for the steps."""
+
+        def table(prompt: PageTable, extra_per_step: int) -> PageTable:
+            room = ((0, 0), (0, self.step_pages(extra_per_step)))
+            return PageTable(jnp.pad(prompt.pages, room), prompt.count)
+
+        judge_table = None if pools.judge is None else table(pools.prompt.judge, 1)
+        trace = start(LMState(lm_state.cache.empty(0), lm_state.next_logits),
+                      judge.empty(0) if isinstance(judge, KVCache) else judge, self.max_steps, self.max_tokens)
+        return trace._replace(pages=Pages(table(pools.prompt.lm, 0), judge_table))
+
+    def commit(self, pools: Pools, traces: Trace) -> tuple[Pools, Trace]:
+        """Move every trace's step buffers (leading axis N, then the batch axis of 1) to fresh pages."""
+
+        def flat(tree):
+            return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
+
+        def commit_one(pool: PagePool, table: PageTable, buffer: KVCache) -> tuple[PagePool, PageTable, KVCache]:
+            pool, new_table = paging.commit(pool, flat(table), flat(buffer))
+            new_table = jax.tree.map(lambda new, old: new.reshape(old.shape), new_table, table)
+            empty = KVCache(buffer.k[..., :0, :], buffer.v[..., :0], buffer.positions[..., :0],
+                            jnp.zeros_like(buffer.length))
+            return pool, new_table, empty
+
+        lm_pool, lm_table, lm_cache = commit_one(pools.lm, traces.pages.lm, traces.lm.cache)
+        traces = traces._replace(lm=traces.lm._replace(cache=lm_cache))
+        judge_pool, judge_table = pools.judge, traces.pages.judge
+        if pools.judge is not None:
+            judge_pool, judge_table, judge_cache = commit_one(pools.judge, judge_table, traces.judge)
+            traces = traces._replace(judge=judge_cache)
+        pools = pools._replace(lm=lm_pool, judge=judge_pool)
+        return pools, traces._replace(pages=Pages(lm_table, judge_table))
+
+    def check(self, pools: Pools) -> None:
+        if np.any(np.asarray(pools.exhausted)):
+            raise PoolExhausted(self.exhausted_message())
+
+    def exhausted_message(self) -> str:
+        size = "its default size" if self.pages is None else f"{self.pages} pages"
+        return (f"the paged KV cache ran out of pages ({size}, {self.page_size} tokens each, per pool): give it "
+                "more (pages=None sizes it for particles that share nothing) or use contiguous caches")
 
 
 def start(
@@ -119,6 +239,18 @@ def start(
     )
 
 
+def _context(trace: Trace, prompt: Any, pool: PagePool | None, table: PageTable | None, where: str) -> Any:
+    """What a model reads before the trace's own buffer: its page table in `pool`, or the shared prompt."""
+    if trace.pages is None:
+        if pool is not None:
+            raise ValueError(f"{where}: the trace is not paged, so pass no pool=")
+        _check_prompt(trace, prompt, where)
+        return prompt
+    if pool is None or prompt is not None:
+        raise ValueError(f"{where}: the trace is paged: pass pool=<the run's Pools> and no prompt=")
+    return PagedContext(pool, table.pages, table.count)
+
+
 def _check_prompt(trace: Trace, prompt: Any, where: str) -> None:
     """A trace started with `share_prompt=True` needs the shared prompt, and only such a trace."""
     if (trace.shared_prompt is not None) != (prompt is not None):
@@ -145,6 +277,7 @@ def write_step(
     final_stops: tuple[int, ...] = (),
     prompt: LMState | None = None,
     budget: int | None = None,
+    pool: Pools | None = None,
 ) -> Trace:
     """Sample site `name`: the LM writes the next step of `trace`.
 
@@ -154,13 +287,16 @@ def write_step(
     done after EOS, after stop string `i` for `i` in `final_stops`, or once it
     holds `budget` tokens: a step is cut where the budget runs out (and marked
     `truncated`, as is a step cut at `params.max_tokens`). `prompt`: the shared
-    prompt state of a trace started with `share_prompt=True`. A trace already done
-    is left as it was, bit for bit.
+    prompt state of a trace started with `share_prompt=True`; `pool`: the run's `Pools`
+    for a paged trace (the step is written to a buffer that the pool's commit pages). A
+    trace already done is left as it was, bit for bit.
     """
-    _check_prompt(trace, prompt, f"write_step({name!r})")
-    prefix = None if prompt is None else prompt.cache
+    where = f"write_step({name!r})"
+    prefix = _context(trace, None if prompt is None else prompt.cache, pool and pool.lm,
+                      trace.pages and trace.pages.lm, where)
+    state = trace.lm if trace.pages is None else trace.lm._replace(cache=trace.lm.cache.empty(params.max_tokens))
     used = jnp.sum(trace.step_lengths, axis=1)
-    result = sample_step(lm, numpyro.prng_key(), trace.lm, params, stops, active=~trace.done, prefix=prefix,
+    result = sample_step(lm, numpyro.prng_key(), state, params, stops, active=~trace.done, prefix=prefix,
                          limit=None if budget is None else budget - used)
     log_p = jnp.sum(result.logp_model, axis=1)
     log_q = jnp.sum(result.logp_sample, axis=1)
@@ -197,6 +333,7 @@ def observe_prm(
     beta: float = 1.0,
     prompt: Any = None,
     hidden_at_end: jax.Array | None = None,
+    pool: Pools | None = None,
 ) -> Trace:
     """The PRM's verdict on the latest step, as a likelihood of the given `form`.
 
@@ -207,17 +344,20 @@ def observe_prm(
     `hidden_at_end` [V] bool: tokens a model PRM does not see at the end of a step
     (the delimiter's whitespace, EOS), so that it reads the step's text and then its
     own step tag, as in its training format. A trace whose latest `write_step` wrote
-    nothing (it was done) is left as it was, bit for bit.
+    nothing (it was done) is left as it was, bit for bit. `pool`: the run's `Pools` for a
+    paged trace.
     """
     if form not in FORMS:
         raise ValueError(f"PRM form must be one of {FORMS}, got {form!r}")
     tokens, mask = trace.last_step
     mask &= trace.written[:, None]  # a model PRM's cache is unchanged by a row with nothing to read
-    if isinstance(trace.judge, KVCache):  # a model PRM: its cache follows the trace's prompt sharing
-        _check_prompt(trace, prompt, f"observe_prm({name!r})")
+    if isinstance(trace.judge, KVCache):  # a model PRM: its cache follows the trace's prompt sharing or paging
+        prefix = _context(trace, prompt, pool and pool.judge, trace.pages and trace.pages.judge,
+                          f"observe_prm({name!r})")
         if hidden_at_end is not None:
             mask = strip_end(tokens, mask, hidden_at_end)
-        reward, judge = prm.score_step(trace.judge, tokens, mask, prefix=prompt)
+        cache = trace.judge if trace.pages is None else trace.judge.empty(tokens.shape[1] + 1)  # and its tag
+        reward, judge = prm.score_step(cache, tokens, mask, prefix=prefix)
     else:  # a verifier (or any PRM whose state is not a cache): nothing to share
         reward, judge = prm.score_step(trace.judge, tokens, mask)
         judge = jax.tree.map(lambda old, new: _where_rows(trace.written, new, old), trace.judge, judge)

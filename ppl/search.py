@@ -43,6 +43,7 @@ from ppl import reasoning
 from ppl.program import StateSpaceProgram
 
 METHODS = ("greedy", "bon", "wbon", "majority", "wmajority", "beam", "pf", "epf", "pg")
+CACHES = ("contiguous", "paged")
 # method -> (answer rule, PRM aggregation of the trace's step rewards)
 SELECTION = {
     "greedy": ("best", "last"),
@@ -72,6 +73,7 @@ class SearchSpec:
     lookahead: bool = False  # epf only
     mesh: Mesh | None = None  # shard the particles over this mesh (its "particles" axis; not pg)
     islands: int = 0  # pf only: island resampling with this many islands (`inference.sharding`)
+    cache: str = "contiguous"  # "paged": KV caches in pages shared by the particles (`reasoning.Paging`)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -82,6 +84,11 @@ class SearchSpec:
             raise ValueError("pg runs its sweeps on one device; drop the mesh or choose another method")
         if self.islands and self.method != "pf":
             raise ValueError(f"islands apply to pf only, not {self.method!r}")
+        if self.cache not in CACHES:
+            raise ValueError(f"unknown cache {self.cache!r}; choose one of {', '.join(CACHES)}")
+        if self.cache == "paged" and (self.method == "pg" or self.mesh is not None):
+            raise ValueError("paged caches run on one device and not under pg (which keeps every step's "
+                             "particles): use the contiguous cache")
 
     @property
     def particles(self) -> int:
@@ -116,6 +123,7 @@ class SearchResult(NamedTuple):
     ``deterministic`` the programs' deterministic sites (``"step.length"``: tokens per step),
     ``weight_status`` per step (``inference.WeightStatus`` codes). ``ancestors`` [T, N] and
     ``resampled`` [T] are the filter's genealogy; a particle-MCMC chain has none (T = 0).
+    ``pool``: the run's ``reasoning.Pools`` when its caches are paged (None otherwise).
     """
 
     particles: Any
@@ -124,12 +132,13 @@ class SearchResult(NamedTuple):
     weight_status: jax.Array
     ancestors: jax.Array
     resampled: jax.Array
+    pool: Any = None
 
     @classmethod
     def of_smc(cls, result: SMCResult) -> SearchResult:
         return cls(
             result.particles, result.log_weights, result.deterministic, result.weight_status,
-            result.ancestors, result.resampled,
+            result.ancestors, result.resampled, result.pool,
         )
 
 
@@ -164,6 +173,7 @@ def reasoning_program(
     share_prompt: bool = True,
     max_trace_tokens: int | None = None,
     hidden_at_end: jax.Array | None = None,
+    paging: reasoning.Paging | None = None,
 ) -> StateSpaceProgram:
     """prompt -> steps -> answer: the LM writes a step, the PRM judges it, until done.
 
@@ -175,18 +185,28 @@ def reasoning_program(
     `is_final(step_tokens [1, T]) -> [1] bool` marks a final step; a trace also ends at
     the step where it reaches `max_trace_tokens`, cut there (the caches hold that budget, not
     `max_steps` steps at their cap). `hidden_at_end`: see `reasoning.observe_prm`.
+    `paging`: page the caches (`reasoning.Paging`, for these `max_steps`, step cap and budget;
+    `share_prompt` is then moot: the prompt is pages every particle refers to).
     """
+    if paging is not None and (paging.max_steps, paging.max_tokens, paging.budget) != (
+            max_steps, params.max_tokens, max_trace_tokens):
+        raise ValueError(f"paging is for {paging.max_steps} steps of {paging.max_tokens} tokens and a budget of "
+                         f"{paging.budget}, the program has {max_steps}, {params.max_tokens} and {max_trace_tokens}")
 
-    def init(lm_state, judge, lm, prm):
+    def init(lm_state, judge, lm, prm, pool=None):
+        if pool is not None:
+            return paging.empty_trace(pool, lm_state, judge)
         return reasoning.start(lm_state, judge, max_steps, params.max_tokens, share_prompt, max_trace_tokens)
 
-    def step(trace, t, lm_state, judge, lm, prm):
-        prompts = (lm_state, judge) if share_prompt else (None, None)
-        trace = reasoning.write_step("step", lm, trace, params, stops, prompt=prompts[0], budget=max_trace_tokens)
+    def step(trace, t, lm_state, judge, lm, prm, pool=None):
+        prompts = (lm_state, judge) if share_prompt and pool is None else (None, None)
+        trace = reasoning.write_step("step", lm, trace, params, stops, prompt=prompts[0], budget=max_trace_tokens,
+                                     pool=pool)
         if is_final is not None:
             trace = trace._replace(done=trace.done | is_final(trace.last_step[0]))
         return reasoning.observe_prm(
-            "prm", prm, trace, form=form, beta=beta, prompt=prompts[1], hidden_at_end=hidden_at_end
+            "prm", prm, trace, form=form, beta=beta, prompt=prompts[1], hidden_at_end=hidden_at_end, pool=pool
         )
 
-    return StateSpaceProgram(init, step, max_steps, keeps_done=True)  # the primitives leave a done trace be
+    # the primitives leave a done trace be
+    return StateSpaceProgram(init, step, max_steps, keeps_done=True, pool=paging)

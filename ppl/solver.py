@@ -23,6 +23,7 @@ from models.llama import shard_weights
 from models.sampling import prefill, stop_table
 from ppl import batching, prompting, readout
 from ppl.errors import InputError
+from ppl.reasoning import Paging, PoolExhausted
 from ppl.search import SearchResult, SearchSpec, reasoning_program
 from ppl.tasks import Task, Verifier
 
@@ -135,9 +136,12 @@ class Solver:
 
     def _program(self, spec: SearchSpec):
         task = self.task
+        paging = None
+        if spec.cache == "paged":
+            paging = Paging(task.max_steps, task.params.max_tokens, task.max_trace_tokens)
         return reasoning_program(spec.sampling(task.params), self.stops, task.max_steps, spec.form, spec.beta,
                                  self._is_final(), max_trace_tokens=task.max_trace_tokens,
-                                 hidden_at_end=self.hidden_at_end)
+                                 hidden_at_end=self.hidden_at_end, paging=paging)
 
     def _is_final(self) -> Callable[[jax.Array], jax.Array] | None:
         """A jittable test 'the step starts with the task's final prefix', or None."""
@@ -230,6 +234,8 @@ class Solver:
             run = self.compiled.get(spec, args)
             began = time.perf_counter()
             result = to_host(run(*args))
+            if result.pool is not None and result.pool.any():
+                raise PoolExhausted(self._program(spec).pool.exhausted_message())
             yield chunk, result, (time.perf_counter() - began) / len(chunk)
 
     def plan_rows(self, spec: SearchSpec, num_problems: int, arguments: Callable[[int], tuple]) -> int:
@@ -274,7 +280,8 @@ def problem_run(engine: Callable[..., SearchResult]) -> Callable[..., SearchResu
         if isinstance(judge, PRMInput):
             judge = prm.start(judge.tokens, judge.mask, judge.tokens.shape[-1])
         result = engine(rng_key, lm_state, judge, lm, prm)
-        return result._replace(particles=result.particles._replace(lm=None, judge=None))
+        pool = None if result.pool is None else result.pool.exhausted  # whether the pages ran out, not the pages
+        return result._replace(particles=result.particles._replace(lm=None, judge=None, pages=None), pool=pool)
 
     return run
 

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _search_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments every solve command shares: problems, method, budget, output, likelihood."""
     from inference.entropic import SCHEDULES
-    from ppl.search import METHODS
+    from ppl.search import CACHES, METHODS
 
     parser.add_argument("--problems", required=True, help="input JSONL, one problem per line")
     parser.add_argument("--method", required=True, choices=METHODS)
@@ -49,6 +49,9 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="epf: temperature schedule of the entropic resampling")
     parser.add_argument("--lookahead", action="store_true", help="epf: score a one-step draft before resampling")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or compile messages on stderr")
+    parser.add_argument("--cache", choices=CACHES, default="contiguous",
+                        help="KV caches: 'paged' keeps them in pages the particles share (resampling copies page "
+                             "tables, not keys and values); not with pg or --mesh")
     parser.add_argument("--mesh", metavar="particles=P,model=M",
                         help="spread the run over every device: particles over P of them, the LM's and PRM's "
                         "weights (attention heads, MLP units) over M; P x M must be the device count")
@@ -201,7 +204,7 @@ def _spec(args: argparse.Namespace) -> Any:
                          "particle devices")
     try:
         return SearchSpec(args.method, args.particles, form=args.form, schedule=args.schedule,
-                          lookahead=args.lookahead, mesh=mesh)
+                          lookahead=args.lookahead, mesh=mesh, cache=args.cache)
     except ValueError as err:
         raise InputError(str(err)) from None
 

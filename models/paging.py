@@ -1,0 +1,157 @@
+"""Paged KV caches: a pool of fixed-size pages shared by many rows, each row reading its own through a page table.
+
+Rows that descend from one ancestor (particles after resampling) share the ancestor's pages instead of
+each holding a copy: copying a row is copying its page table. A row writes new tokens into a small
+contiguous buffer (an ordinary `KVCache`); `commit` then moves the buffer's filled slots to fresh pages,
+one buffer per row, and appends them to the row's table. So every page is written once and only read
+afterwards, and a page is free exactly when no table refers to it: the reference counts are the tables'
+histogram, recounted at each commit, and the free list is the pages whose count is zero.
+
+Page 0 is the null page: never written, every slot empty (position -1), the filler of a table's unused
+entries, so that reading a whole table needs no mask beyond the one positions already give.
+
+Layouts follow `KVCache` (keys [.., slot, dim], values [.., dim, slot]) with the page as the leading axis:
+a gather of table rows lays a row's pages out as a cache the attention reads like any other.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from models.llama import KVCache, PrefixChoice, most, read_sizes
+
+
+class PagePool(NamedTuple):
+    """Keys, values and positions of every page; page 0 is the null page."""
+
+    k: jax.Array  # [pages, layers, kv_heads, page_size, head_dim]
+    v: jax.Array  # [pages, layers, kv_heads, head_dim, page_size]
+    positions: jax.Array  # [pages, page_size] int32, -1 where empty
+    exhausted: jax.Array  # [] bool: a commit found fewer free pages than it needed (its writes are lost)
+
+    @property
+    def num_pages(self) -> int:
+        return self.positions.shape[0]
+
+    @property
+    def page_size(self) -> int:
+        return self.positions.shape[1]
+
+    @staticmethod
+    def zeros(pages: int, page_size: int, layers: int, kv_heads: int, head_dim: int, dtype) -> PagePool:
+        return PagePool(
+            k=jnp.zeros((pages, layers, kv_heads, page_size, head_dim), dtype),
+            v=jnp.zeros((pages, layers, kv_heads, head_dim, page_size), dtype),
+            positions=jnp.full((pages, page_size), -1, jnp.int32),
+            exhausted=jnp.zeros((), bool),
+        )
+
+
+class PageTable(NamedTuple):
+    """A row's pages, in the order written (0 past `count`)."""
+
+    pages: jax.Array  # [rows, max_pages] int32
+    count: jax.Array  # [rows] int32
+
+
+class PagedContext(NamedTuple):
+    """Read-only context of each row, through its page table: usable wherever a shared `prefix` cache is.
+
+    It answers the prefix interface of `models.llama`: `rows`, `capacity`, `layer(i)` and `next_position()`.
+    """
+
+    pool: PagePool
+    pages: jax.Array  # [rows, max_pages] int32
+    count: jax.Array  # [rows] int32: pages in use (the first ones)
+
+    @property
+    def rows(self) -> int:
+        return self.pages.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.pages.shape[1] * self.pool.page_size
+
+    def layer(self, index: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Layer `index`'s keys [rows, K, S, D], values [rows, K, D, S] and slot positions [rows, S]."""
+        rows, width = self.pages.shape
+        keys = self.pool.k[self.pages, index]  # [rows, pages, K, P, D]
+        keys = jnp.moveaxis(keys, 1, 2).reshape(rows, keys.shape[2], self.capacity, keys.shape[-1])
+        values = self.pool.v[self.pages, index]  # [rows, pages, K, D, P]
+        values = jnp.moveaxis(values, 1, 3).reshape(rows, values.shape[2], values.shape[3], self.capacity)
+        return keys, values, self.positions()
+
+    def positions(self) -> jax.Array:
+        return self.pool.positions[self.pages].reshape(self.rows, self.capacity)
+
+    def narrowed(self) -> PrefixChoice:
+        """This context read only up to a power of two of pages that holds every row's (every vmapped row's)."""
+        widths = read_sizes(self.pages.shape[1], smallest=2)
+        index = jnp.searchsorted(jnp.asarray(widths), most(self.count))
+        return PrefixChoice(index, tuple(self._replace(pages=self.pages[:, :width]) for width in widths))
+
+    def next_position(self) -> jax.Array:
+        """RoPE position the next token of each row takes after its context."""
+        return jnp.max(self.positions(), axis=1) + 1
+
+
+def pages_for(tokens: int, page_size: int) -> int:
+    return -(-tokens // page_size)
+
+
+def references(pool: PagePool, tables: jax.Array) -> jax.Array:
+    """How many table entries refer to each page [pages] (the null page's count is meaningless)."""
+    return jnp.zeros((pool.num_pages,), jnp.int32).at[tables.reshape(-1)].add(1)
+
+
+def commit(pool: PagePool, table: PageTable, buffer: KVCache) -> tuple[PagePool, PageTable]:
+    """Move each row's buffered tokens (its `buffer` slots [0, length)) to fresh pages at the end of its table.
+
+    The pages no table refers to are free; rows take them in order. When there are too few, the pool is
+    marked `exhausted` and the rows that found none keep their table (their tokens are lost): callers
+    must check the flag and not read the run's results.
+    """
+    size, rows = pool.page_size, table.pages.shape[0]
+    per_row = pages_for(buffer.capacity, size)
+    need = pages_for(buffer.length, size)  # [rows]
+    free = references(pool, table.pages) == 0
+    free = free.at[0].set(False)
+    available = jnp.sum(free)
+    free_pages = jnp.nonzero(free, size=pool.num_pages, fill_value=pool.num_pages)[0]
+    first = jnp.cumsum(need) - need
+    j = jnp.arange(per_row)
+    take = (j[None, :] < need[:, None]) & (first[:, None] + j[None, :] < available)
+    new = jnp.where(take, free_pages[jnp.minimum(first[:, None] + j, pool.num_pages - 1)], pool.num_pages)
+
+    def paged(x: jax.Array, slot_axis: int) -> jax.Array:
+        """A buffer leaf [rows, ..., slots (at slot_axis), ...] as [rows, per_row, ..., page_size, ...]."""
+        pad = [(0, 0)] * x.ndim
+        pad[slot_axis] = (0, per_row * size - x.shape[slot_axis])
+        x = jnp.pad(x, pad, constant_values=-1 if x.dtype == jnp.int32 else 0)
+        x = x.reshape(x.shape[:slot_axis] + (per_row, size) + x.shape[slot_axis + 1 :])
+        return jnp.moveaxis(x, slot_axis, 1)
+
+    pool = PagePool(
+        k=pool.k.at[new].set(paged(buffer.k, 3).astype(pool.k.dtype), mode="drop"),
+        v=pool.v.at[new].set(paged(buffer.v, 4).astype(pool.v.dtype), mode="drop"),
+        positions=pool.positions.at[new].set(paged(buffer.positions, 1), mode="drop"),
+        exhausted=pool.exhausted | (jnp.sum(need) > available) | jnp.any(table.count + need > table.pages.shape[1]),
+    )
+    at = jnp.where(take, table.count[:, None] + j, table.pages.shape[1])
+    pages = table.pages.at[jnp.arange(rows)[:, None], at].set(new, mode="drop")
+    return pool, PageTable(pages, table.count + jnp.sum(take, axis=1, dtype=jnp.int32))
+
+
+def pool_of_prompt(prompt: KVCache, pages: int, page_size: int) -> tuple[PagePool, PageTable]:
+    """A pool of `pages` pages holding the prompt cache's rows (one table each), the rest free."""
+    rows, layers, kv_heads, _, head_dim = prompt.k.shape
+    per_row = pages_for(prompt.capacity, page_size)
+    if 1 + rows * per_row > pages:
+        raise ValueError(f"a pool of {pages} pages cannot hold the prompt: it needs {1 + rows * per_row}")
+    empty = PagePool.zeros(pages, page_size, layers, kv_heads, head_dim, prompt.k.dtype)
+    table = PageTable(jnp.zeros((rows, per_row), jnp.int32), jnp.zeros((rows,), jnp.int32))
+    full = prompt._replace(length=jnp.full((rows,), prompt.capacity, jnp.int32))  # padding slots stay empty (-1)
+    return commit(empty, table, full)
