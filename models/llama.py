@@ -115,6 +115,14 @@ class KVCache(NamedTuple):
         return KVCache.zeros(layers, batch, capacity, heads, dim, self.k.dtype)
 
 
+def prefix_parts(prefix: Any) -> tuple:
+    """A prefix as the contexts it is made of, read in order: None has none; a plain tuple holds several (e.g. a
+    shared prompt's cache, then each row's earlier steps through its page table); anything else is one."""
+    if prefix is None:
+        return ()
+    return prefix if type(prefix) is tuple else (prefix,)
+
+
 class PrefixChoice(NamedTuple):
     """A prefix read as `options[index]` (`index` unbatched, a `lax.switch`): e.g. a paged context read only up
     to the pages its rows have filled (`models.paging.PagedContext.narrowed`)."""
@@ -247,16 +255,21 @@ class Attention(nnx.Module):
         q = q.reshape(batch, length, c.num_kv_heads, groups, c.head_dim)
         scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32)
         scores = jnp.where(self._visible(key_positions, positions)[:, None, None], scores, MASK_VALUE)
-        if prefix is None:
+        parts = prefix_parts(prefix)
+        if not parts:
             probs = jax.nn.softmax(scores / math.sqrt(c.head_dim), axis=-1).astype(values.dtype)
             return jnp.einsum("bkgts,bkds->btkgd", probs, values)
 
-        prefix_scores, visible, weigh_prefix = self._prefix_part(q, prefix, layer, positions)
-        prefix_scores = jnp.where(visible[:, None, None], prefix_scores, MASK_VALUE)
-        both = jnp.concatenate([prefix_scores, scores], axis=-1) / math.sqrt(c.head_dim)
+        read = [self._prefix_part(q, part, layer, positions) for part in parts]
+        masked = [jnp.where(visible[:, None, None], part_scores, MASK_VALUE) for part_scores, visible, _ in read]
+        both = jnp.concatenate([*masked, scores], axis=-1) / math.sqrt(c.head_dim)
         probs = jax.nn.softmax(both, axis=-1).astype(values.dtype)
-        out = jnp.einsum("bkgts,bkds->btkgd", probs[..., prefix.capacity :], values)
-        return out + weigh_prefix(probs[..., : prefix.capacity])
+        out = jnp.einsum("bkgts,bkds->btkgd", probs[..., sum(part.capacity for part in parts) :], values)
+        offset = 0
+        for part, (_, _, weigh) in zip(parts, read, strict=True):
+            out = out + weigh(probs[..., offset : offset + part.capacity])
+            offset += part.capacity
+        return out
 
     def _prefix_part(self, q, prefix, layer, positions):
         """`q` [B, T, K, G, D] against a shared prefix (row b reads prefix row b // (B / P)): its scores
@@ -296,9 +309,9 @@ class Attention(nnx.Module):
         heads = (batch, c.num_kv_heads, c.num_heads // c.num_kv_heads, length, 1)
         carry = (jnp.full(heads, MASK_VALUE, jnp.float32), jnp.zeros(heads, jnp.float32),
                  jnp.zeros(q.shape, jnp.float32))
-        if prefix is not None:
-            scores, visible, weigh = self._prefix_part(q, prefix, layer, positions)
-            carry = absorb(carry, scores, visible, lambda w: weigh(w, jnp.float32))
+        for part in prefix_parts(prefix):
+            scores, visible, weigh = self._prefix_part(q, part, layer, positions)
+            carry = absorb(carry, scores, visible, lambda w, weigh=weigh: weigh(w, jnp.float32))
 
         _, _, heads_kv, capacity, dim = k_cache.shape
 
@@ -396,11 +409,12 @@ class Llama(nnx.Module):
             mask = jnp.ones(tokens.shape, bool)
         offset = jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1
         start = cache.next_position()
-        if prefix is not None:
-            shared = prefix.rows
+        parts = prefix_parts(prefix)
+        for part in parts:
+            shared = part.rows
             if tokens.shape[0] % shared:
                 raise ValueError(f"{shared} prefix rows cannot be shared by {tokens.shape[0]} rows")
-            start = jnp.maximum(start, jnp.repeat(prefix.next_position(), tokens.shape[0] // shared))
+            start = jnp.maximum(start, jnp.repeat(part.next_position(), tokens.shape[0] // shared))
         positions = jnp.where(mask, start[:, None] + offset, -1)
         dest = jnp.where(mask, cache.length[:, None] + offset, cache.capacity)  # padding: dropped
         rows = jnp.arange(tokens.shape[0])[:, None]
@@ -412,8 +426,11 @@ class Llama(nnx.Module):
             sizes = read_sizes(cache.capacity)
             filled = most(cache.length + jnp.sum(mask, axis=1, dtype=jnp.int32))
             reach = (jnp.searchsorted(jnp.asarray(sizes), filled), sizes, filled)
-            if hasattr(prefix, "narrowed"):
-                prefix = prefix.narrowed()
+            for i, part in enumerate(parts):  # a paged part reads only the pages its rows filled
+                if hasattr(part, "narrowed"):
+                    choice = part.narrowed()
+                    options = tuple((*parts[:i], option, *parts[i + 1 :]) for option in choice.options)
+                    prefix = PrefixChoice(choice.index, options)
         x = self.embed_tokens(jnp.where(mask, tokens, 0))
         k, v = cache.k, cache.v
         for i, layer in enumerate(self.layers):

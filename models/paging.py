@@ -143,15 +143,3 @@ def commit(pool: PagePool, table: PageTable, buffer: KVCache) -> tuple[PagePool,
     at = jnp.where(take, table.count[:, None] + j, table.pages.shape[1])
     pages = table.pages.at[jnp.arange(rows)[:, None], at].set(new, mode="drop")
     return pool, PageTable(pages, table.count + jnp.sum(take, axis=1, dtype=jnp.int32))
-
-
-def pool_of_prompt(prompt: KVCache, pages: int, page_size: int) -> tuple[PagePool, PageTable]:
-    """A pool of `pages` pages holding the prompt cache's rows (one table each), the rest free."""
-    rows, layers, kv_heads, _, head_dim = prompt.k.shape
-    per_row = pages_for(prompt.capacity, page_size)
-    if 1 + rows * per_row > pages:
-        raise ValueError(f"a pool of {pages} pages cannot hold the prompt: it needs {1 + rows * per_row}")
-    empty = PagePool.zeros(pages, page_size, layers, kv_heads, head_dim, prompt.k.dtype)
-    table = PageTable(jnp.zeros((rows, per_row), jnp.int32), jnp.zeros((rows,), jnp.int32))
-    full = prompt._replace(length=jnp.full((rows,), prompt.capacity, jnp.int32))  # padding slots stay empty (-1)
-    return commit(empty, table, full)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.llama import KVCache, Llama
+from models.llama import KVCache, Llama, prefix_parts
 from models.paging import PagedContext
 
 NO_TOKEN = -1  # fills token buffers past a row's length
@@ -196,7 +196,7 @@ def sample_step(
     params: SamplingParams,
     stops: StopTable,
     active: jax.Array | None = None,
-    prefix: KVCache | PagedContext | None = None,
+    prefix: KVCache | PagedContext | tuple | None = None,
     limit: jax.Array | None = None,
 ) -> StepResult:
     """Sample one step for every row until EOS, a stop string, or its token cap: `params.max_tokens`,
@@ -289,11 +289,15 @@ def _row_sampler(params: SamplingParams):
             return _fold(x, axis)
 
         state = jax.tree.map(rows, state, state_batched, _state_axes(state))
-        if isinstance(prefix, PagedContext):
-            prefix = _fold_paged(prefix, prefix_batched, size, rows)
-        elif prefix is not None and any(jax.tree.leaves(prefix_batched)):  # one prefix per vmapped element
-            prefix = jax.tree.map(rows, prefix, prefix_batched, _CACHE_AXES)
-        # An unbatched prefix stays as it is: every folded row shares it, stored once.
+        def fold_part(part, batched):
+            if isinstance(part, PagedContext):
+                return _fold_paged(part, batched, size, rows)
+            if any(jax.tree.leaves(batched)):  # one prefix per vmapped element
+                return jax.tree.map(rows, part, batched, _CACHE_AXES)
+            return part  # an unbatched prefix stays as it is: every folded row shares it, stored once
+
+        parts = tuple(map(fold_part, prefix_parts(prefix), prefix_parts(prefix_batched)))
+        prefix = parts if type(prefix) is tuple else (parts[0] if parts else None)
         result = run(lm, rows(row_keys, keys_batched, 0), state, stops, rows(running, running_batched, 0),
                      rows(limit, limit_batched, 0), prefix)
         axes = StepResult(0, 0, 0, 0, 0, _state_axes(result.state))
@@ -311,7 +315,7 @@ def _sample_rows(
     stops: StopTable,
     running: jax.Array,
     limit: jax.Array,
-    prefix: KVCache | PagedContext | None,
+    prefix: KVCache | PagedContext | tuple | None,
 ) -> StepResult:
     """`sample_step` with one key per row, the running rows and their caps given: the loop itself."""
     batch = state.next_logits.shape[0]
@@ -371,7 +375,7 @@ def _sample_rows(
 
 
 def force_tokens(
-    lm: Llama, state: LMState, tokens: jax.Array, mask: jax.Array, prefix: KVCache | PagedContext | None = None
+    lm: Llama, state: LMState, tokens: jax.Array, mask: jax.Array, prefix: KVCache | PagedContext | tuple | None = None
 ) -> tuple[jax.Array, LMState]:
     """Teacher-force `tokens` [B, T] (valid where `mask`, padding at the end) after `state`.
 

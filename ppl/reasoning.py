@@ -30,11 +30,12 @@ every particle reads the prompt's keys and values from the one shared copy, whic
         trace = reasoning.write_step("step", lm, trace, params, stops, prompt=lm_state)
         return reasoning.observe_prm("prm", prm, trace, form="bernoulli", prompt=judge)
 
-With paged caches (`Paging`, the `ppl.program.Pool` of a program) the prompt and every
-step live in pools of pages shared by the particles, and a trace holds page tables: a
-step is sampled (and scored) into a small buffer that the pool's `commit` moves to fresh
-pages after the step, so resampling copies tables, and children of one parent share its
-pages. The primitives then take the run's pools as `pool=` instead of `prompt=`.
+With paged caches (`Paging`, the `ppl.program.Pool` of a program) every step lives in
+pools of pages shared by the particles, and a trace holds page tables: a step is sampled
+(and scored) into a small buffer that the pool's `commit` moves to fresh pages after the
+step, so resampling copies tables, and children of one parent share its pages. The
+prompt is shared as above (read once for all rows, not through every row's table), and
+the primitives take the run's pools as `pool=` besides `prompt=`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from models.sampling import (
     prefill,
     sample_step,
 )
+from ppl.errors import PPLError
 
 FORMS = ("bernoulli", "twist", "replace")
 
@@ -102,11 +104,10 @@ class Pages(NamedTuple):
 
 
 class Pools(NamedTuple):
-    """A paged run's shared state: the LM's and a model PRM's page pools and their prompts' tables."""
+    """A paged run's shared state: the LM's and a model PRM's page pools."""
 
     lm: PagePool
     judge: PagePool | None
-    prompt: Pages
 
     @property
     def exhausted(self) -> jax.Array:
@@ -114,7 +115,7 @@ class Pools(NamedTuple):
         return self.lm.exhausted if self.judge is None else self.lm.exhausted | self.judge.exhausted
 
 
-class PoolExhausted(RuntimeError):
+class PoolExhausted(PPLError):
     """A paged run needed more pages than its pool holds: its results are lost, not wrong."""
 
 
@@ -123,9 +124,10 @@ class Paging:
     """Paged KV caches for a reasoning program: its `ppl.program.Pool`.
 
     Every step starts on a fresh page, so a trace of `max_steps` steps and `budget` tokens (or every
-    step at its `max_tokens` cap) needs at most `budget / page_size + max_steps` pages besides its
-    prompt's. `pages` sizes each pool (the LM's, and a model PRM's); the default, `None`, gives every
-    particle room for a whole trace of its own, so the pool can never run out; a smaller pool holds only
+    step at its `max_tokens` cap) needs at most `budget / page_size + max_steps` pages (the prompt is
+    not paged: it is shared as `start(..., share_prompt=True)` shares it). `pages` sizes each pool (the
+    LM's, and a model PRM's); the default, `None`, gives every particle room for a whole trace of its
+    own, so the pool can never run out; a smaller pool holds only
     the distinct pages alive (descendants of one particle share its pages) and a run that outgrows it
     raises `PoolExhausted` (`check`), never returns a wrong result.
     """
@@ -133,7 +135,7 @@ class Paging:
     max_steps: int
     max_tokens: int
     budget: int | None = None
-    page_size: int = 16
+    page_size: int = 8
     pages: int | None = None
 
     def step_pages(self, extra_per_step: int) -> int:
@@ -145,29 +147,31 @@ class Paging:
         return min(cap, paging.pages_for(self.budget + extra_per_step * self.max_steps, self.page_size)
                    + self.max_steps)
 
-    def init(self, num_particles: int, lm_state: LMState, judge: Any, lm: Any, prm: Any) -> Pools:
-        def pool(cache: KVCache, extra_per_step: int) -> tuple[PagePool, PageTable]:
-            prompt_pages = cache.rows * paging.pages_for(cache.capacity, self.page_size)
-            default = 1 + prompt_pages + num_particles * self.step_pages(extra_per_step)
-            return paging.pool_of_prompt(cache, self.pages or default, self.page_size)
+    def default_pages(self, num_particles: int) -> int:
+        """Pages per pool that give `num_particles` room for whole traces of their own (the PRM's pool, which
+        also holds step tags, takes the larger of the two counts)."""
+        return 1 + num_particles * self.step_pages(1)
 
-        lm_pool, lm_prompt = pool(lm_state.cache, 0)
-        judge_pool = judge_prompt = None
-        if isinstance(judge, KVCache):
-            judge_pool, judge_prompt = pool(judge, 1)  # the PRM's step tag
-        return Pools(lm_pool, judge_pool, Pages(lm_prompt, judge_prompt))
+    def init(self, num_particles: int, lm_state: LMState, judge: Any, lm: Any, prm: Any) -> Pools:
+        def pool(cache: KVCache, extra_per_step: int) -> PagePool:
+            _, layers, kv_heads, _, head_dim = cache.k.shape
+            pages = self.pages or 1 + num_particles * self.step_pages(extra_per_step)
+            return PagePool.zeros(pages, self.page_size, layers, kv_heads, head_dim, cache.k.dtype)
+
+        judge_pool = pool(judge, 1) if isinstance(judge, KVCache) else None  # a PRM adds its step tag
+        return Pools(pool(lm_state.cache, 0), judge_pool)
 
     def empty_trace(self, pools: Pools, lm_state: LMState, judge: Any) -> Trace:
-        """An empty paged trace: its tables hold the prompt's pages, with room for the steps."""
+        """An empty paged trace after the shared prompt: empty page tables with room for the steps."""
 
-        def table(prompt: PageTable, extra_per_step: int) -> PageTable:
-            room = ((0, 0), (0, self.step_pages(extra_per_step)))
-            return PageTable(jnp.pad(prompt.pages, room), prompt.count)
+        def table(extra_per_step: int) -> PageTable:
+            batch = lm_state.next_logits.shape[0]
+            return PageTable(jnp.zeros((batch, self.step_pages(extra_per_step)), jnp.int32),
+                             jnp.zeros((batch,), jnp.int32))
 
-        judge_table = None if pools.judge is None else table(pools.prompt.judge, 1)
         trace = start(LMState(lm_state.cache.empty(0), lm_state.next_logits),
                       judge.empty(0) if isinstance(judge, KVCache) else judge, self.max_steps, self.max_tokens)
-        return trace._replace(pages=Pages(table(pools.prompt.lm, 0), judge_table))
+        return trace._replace(shared_prompt=(), pages=Pages(table(0), None if pools.judge is None else table(1)))
 
     def commit(self, pools: Pools, traces: Trace) -> tuple[Pools, Trace]:
         """Move every trace's step buffers (leading axis N, then the batch axis of 1) to fresh pages."""
@@ -240,15 +244,13 @@ def start(
 
 
 def _context(trace: Trace, prompt: Any, pool: PagePool | None, table: PageTable | None, where: str) -> Any:
-    """What a model reads before the trace's own buffer: its page table in `pool`, or the shared prompt."""
-    if trace.pages is None:
-        if pool is not None:
-            raise ValueError(f"{where}: the trace is not paged, so pass no pool=")
-        _check_prompt(trace, prompt, where)
-        return prompt
-    if pool is None or prompt is not None:
-        raise ValueError(f"{where}: the trace is paged: pass pool=<the run's Pools> and no prompt=")
-    return PagedContext(pool, table.pages, table.count)
+    """What a model reads before the trace's own cache (or buffer): the shared prompt, if any, then for a paged
+    trace its earlier steps through its page table in `pool`."""
+    _check_prompt(trace, prompt, where)
+    if (trace.pages is None) != (pool is None):
+        raise ValueError(f"{where}: the trace is {'not ' if trace.pages is None else ''}paged, so pass "
+                         + ("no pool=" if trace.pages is None else "pool=<the run's Pools>"))
+    return prompt if trace.pages is None else (prompt, PagedContext(pool, table.pages, table.count))
 
 
 def _check_prompt(trace: Trace, prompt: Any, where: str) -> None:

@@ -74,6 +74,7 @@ class SearchSpec:
     mesh: Mesh | None = None  # shard the particles over this mesh (its "particles" axis; not pg)
     islands: int = 0  # pf only: island resampling with this many islands (`inference.sharding`)
     cache: str = "contiguous"  # "paged": KV caches in pages shared by the particles (`reasoning.Paging`)
+    cache_pages: int | None = None  # paged: pages per pool (None: room for every particle's whole trace)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -86,6 +87,8 @@ class SearchSpec:
             raise ValueError(f"islands apply to pf only, not {self.method!r}")
         if self.cache not in CACHES:
             raise ValueError(f"unknown cache {self.cache!r}; choose one of {', '.join(CACHES)}")
+        if self.cache_pages is not None and (self.cache != "paged" or self.cache_pages < 2):
+            raise ValueError(f"cache_pages is for paged caches, at least 2 pages; got {self.cache_pages}")
         if self.cache == "paged" and (self.method == "pg" or self.mesh is not None):
             raise ValueError("paged caches run on one device and not under pg (which keeps every step's "
                              "particles): use the contiguous cache")
@@ -185,8 +188,8 @@ def reasoning_program(
     `is_final(step_tokens [1, T]) -> [1] bool` marks a final step; a trace also ends at
     the step where it reaches `max_trace_tokens`, cut there (the caches hold that budget, not
     `max_steps` steps at their cap). `hidden_at_end`: see `reasoning.observe_prm`.
-    `paging`: page the caches (`reasoning.Paging`, for these `max_steps`, step cap and budget;
-    `share_prompt` is then moot: the prompt is pages every particle refers to).
+    `paging`: page the caches (`reasoning.Paging`, for these `max_steps`, step cap and budget; the
+    prompt is then shared whatever `share_prompt` says).
     """
     if paging is not None and (paging.max_steps, paging.max_tokens, paging.budget) != (
             max_steps, params.max_tokens, max_trace_tokens):
@@ -199,7 +202,7 @@ def reasoning_program(
         return reasoning.start(lm_state, judge, max_steps, params.max_tokens, share_prompt, max_trace_tokens)
 
     def step(trace, t, lm_state, judge, lm, prm, pool=None):
-        prompts = (lm_state, judge) if share_prompt and pool is None else (None, None)
+        prompts = (lm_state, judge) if share_prompt or pool is not None else (None, None)
         trace = reasoning.write_step("step", lm, trace, params, stops, prompt=prompts[0], budget=max_trace_tokens,
                                      pool=pool)
         if is_final is not None:

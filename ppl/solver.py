@@ -8,8 +8,10 @@ bucket and vmapped in fixed-size chunks (`ppl.batching`), each (method, shapes) 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -51,25 +53,38 @@ METHODS_WITHOUT_PRM = ("greedy", "majority")
 
 class CompiledRuns:
     """The batched run of each (spec, argument shapes), compiled once ahead of time, so that
-    timings exclude compilation (`compile_seconds` adds it up)."""
+    timings exclude compilation (`compile_seconds` adds it up). Compilation happens on one worker
+    thread: `prefetch` queues a run's compilation and returns, so it overlaps whatever runs meanwhile
+    (XLA compiles on one core; a tiny run leaves the other idle); `get` waits for it."""
 
     def __init__(self, program_of: Callable[[SearchSpec], Any]):
         self.program_of = program_of
-        self._compiled: dict = {}
+        self._compiled: dict[Any, concurrent.futures.Future] = {}
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ppl-compile")
+        self._lock = threading.Lock()
         self.compile_seconds = 0.0
 
     def get(self, spec: SearchSpec, args: tuple) -> Callable[..., SearchResult]:
+        return self.prefetch(spec, args).result()
+
+    def prefetch(self, spec: SearchSpec, args: tuple) -> concurrent.futures.Future:
+        """The compilation of `spec`'s run for arguments shaped like `args`, queued unless known."""
         key = (spec, tuple((x.shape, x.dtype) for x in jax.tree.leaves(args[:4])))
-        if key not in self._compiled:
-            one = problem_run(spec.engine(self.program_of(spec)))
-            rows, width = args[1].shape[0], args[1].shape[-1]
-            LOGGER.info(f"compiling {spec.method} N={spec.num_particles} for {rows} problem(s) of prompt "
-                        f"width {width} (once per shape; cached on disk by the CLI)")
-            began = time.perf_counter()
-            batched = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None, None)))
-            self._compiled[key] = batched.lower(*args).compile()
-            self.compile_seconds += time.perf_counter() - began
-        return self._compiled[key]
+        with self._lock:
+            if key not in self._compiled:
+                self._compiled[key] = self._worker.submit(self._compile, spec, args)
+            return self._compiled[key]
+
+    def _compile(self, spec: SearchSpec, args: tuple) -> Callable[..., SearchResult]:
+        one = problem_run(spec.engine(self.program_of(spec)))
+        rows, width = args[1].shape[0], args[1].shape[-1]
+        LOGGER.info(f"compiling {spec.method} N={spec.num_particles} for {rows} problem(s) of prompt "
+                    f"width {width} (once per shape; cached on disk by the CLI)")
+        began = time.perf_counter()
+        batched = jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None, None)))
+        compiled = batched.lower(*args).compile()
+        self.compile_seconds += time.perf_counter() - began
+        return compiled
 
 
 class Solver:
@@ -138,7 +153,7 @@ class Solver:
         task = self.task
         paging = None
         if spec.cache == "paged":
-            paging = Paging(task.max_steps, task.params.max_tokens, task.max_trace_tokens)
+            paging = Paging(task.max_steps, task.params.max_tokens, task.max_trace_tokens, pages=spec.cache_pages)
         return reasoning_program(spec.sampling(task.params), self.stops, task.max_steps, spec.form, spec.beta,
                                  self._is_final(), max_trace_tokens=task.max_trace_tokens,
                                  hidden_at_end=self.hidden_at_end, paging=paging)
@@ -206,6 +221,27 @@ class Solver:
         host (row r belongs to problem `indices[r]`), and the wall seconds per problem
         (compilation excluded).
         """
+        spec, chunks = self._chunks(problems, spec, seed)
+        for chunk, args in chunks:
+            run = self.compiled.get(spec, args)
+            began = time.perf_counter()
+            result = to_host(run(*args))
+            if result.pool is not None and result.pool.any():
+                raise PoolExhausted(self._program(spec).pool.exhausted_message())
+            yield chunk, result, (time.perf_counter() - began) / len(chunk)
+
+    def prefetch(self, problems: Sequence[Any], spec: SearchSpec, seed: int = 0) -> None:
+        """Start compiling what `runs(problems, spec)` will run, in the background, and return: a caller
+        with several specs to run prefetches the next while the current one runs."""
+        spec, chunks = self._chunks(problems, spec, seed)
+        for _, args in chunks:
+            self.compiled.prefetch(spec, args)
+
+    def _chunks(
+        self, problems: Sequence[Any], spec: SearchSpec, seed: int
+    ) -> tuple[SearchSpec, Iterator[tuple[list[int], tuple]]]:
+        """The spec to run (with the solver's mesh, and as the memory plan sizes it) and each chunk's
+        problems and run arguments."""
         if self.mesh is not None and spec.mesh is None:
             spec = dataclasses.replace(spec, mesh=self.mesh)
         tokens, mask = batching.encode_prompts(self.tokenizer, [self.task.prompt(p) for p in problems])
@@ -228,24 +264,30 @@ class Solver:
 
         rows = self.batch_rows
         if self.memory_bytes is not None:
-            rows = self.plan_rows(spec, len(problems), lambda size: arguments([0], [0] * size))
-        for chunk, padded in batching.chunks(len(problems), spec.particles, rows):
-            args = arguments(chunk, padded)
-            run = self.compiled.get(spec, args)
-            began = time.perf_counter()
-            result = to_host(run(*args))
-            if result.pool is not None and result.pool.any():
-                raise PoolExhausted(self._program(spec).pool.exhausted_message())
-            yield chunk, result, (time.perf_counter() - began) / len(chunk)
+            rows, spec = self.plan_rows(spec, len(problems), lambda size: arguments([0], [0] * size))
+        chunks = batching.chunks(len(problems), spec.particles, rows)
+        return spec, ((chunk, arguments(chunk, padded)) for chunk, padded in chunks)
 
-    def plan_rows(self, spec: SearchSpec, num_problems: int, arguments: Callable[[int], tuple]) -> int:
-        """Particle rows per run under `memory_bytes`: problems per run doubled while the compiled
-        program (`arguments(size)`'s shapes) fits, up to every problem. InputError if one does not."""
+    def plan_rows(
+        self, spec: SearchSpec, num_problems: int, arguments: Callable[[int], tuple]
+    ) -> tuple[int, SearchSpec]:
+        """Particle rows per run under `memory_bytes`, and the spec to run: problems per run doubled while the
+        compiled program (`arguments(size)`'s shapes) fits, up to every problem. When one problem does not fit
+        with paged caches, their pools are halved until it does (down to one particle's trace: every particle
+        then shares every page), betting on shared pages; a run that outgrows them raises `PoolExhausted`.
+        InputError if one problem does not fit at all."""
         size, fits = 1, 0
         while True:
             need = peak_bytes(self.compiled.get(spec, arguments(size)))
             LOGGER.info(f"memory plan: {size} problem(s) per run need {need} bytes ({need / 2**30:.3f} GiB)")
             if need > self.memory_bytes:
+                if size == 1 and spec.cache == "paged":
+                    full = spec.cache_pages or self._program(spec).pool.default_pages(spec.particles)
+                    smallest = self._program(spec).pool.default_pages(1)
+                    if full // 2 >= smallest:
+                        spec = dataclasses.replace(spec, cache_pages=full // 2)
+                        LOGGER.info(f"memory plan: paged caches of {full // 2} pages per pool")
+                        continue
                 break
             fits = size
             if size >= num_problems:
@@ -257,7 +299,7 @@ class Solver:
                 f"temporaries of the compiled run), more than --memory {self.memory_bytes / 2**30:g} GiB; lower "
                 "--particles or --max-tokens, or raise --memory"
             )
-        return fits * spec.particles
+        return fits * spec.particles, spec
 
     def particle_texts(self, result: SearchResult, row: int) -> list[list[str]]:
         """Every particle's steps, as text, for row `row` of a result from `runs`."""

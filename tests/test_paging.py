@@ -34,8 +34,8 @@ def models():
 
 
 def test_a_paged_context_reads_like_one_contiguous_cache():
-    """A prompt and two chunks: written to one cache, or each chunk to a buffer read through a page table after
-    the earlier ones were committed to pages, the logits agree; two rows may share the prompt's pages."""
+    """A prompt and two chunks: written to one cache, or each chunk to a buffer that reads the shared prompt's
+    cache, then the earlier chunks through a page table after they were committed to pages: the logits agree."""
     lm, _ = models()
     chunks = [jnp.array([[3, 2, 6]]), jnp.array([[7, 7, 2, 5, 1]])]
 
@@ -46,12 +46,12 @@ def test_a_paged_context_reads_like_one_contiguous_cache():
         for chunk in chunks:
             logits, cache = lm.extend(chunk, cache)
             expected.append(logits)
-        _, prompt_cache = lm.extend(PROMPT, lm.init_cache(1, PROMPT.shape[1]))
-        pool, table = paging.pool_of_prompt(prompt_cache, pages=12, page_size=4)
-        table = paging.PageTable(jnp.pad(table.pages, ((0, 0), (0, 4))), table.count)
+        _, prompt = lm.extend(PROMPT, lm.init_cache(1, PROMPT.shape[1]))
+        pool = paging.PagePool.zeros(12, 4, CONFIG.num_layers, CONFIG.num_kv_heads, CONFIG.head_dim, jnp.float32)
+        table = paging.PageTable(jnp.zeros((1, 4), jnp.int32), jnp.zeros((1,), jnp.int32))
         got = []
         for chunk in chunks:
-            context = paging.PagedContext(pool, table.pages, table.count)
+            context = (prompt, paging.PagedContext(pool, table.pages, table.count))
             logits, buffer = lm.extend(chunk, lm.init_cache(1, 5), prefix=context, read_filled=True)
             got.append(logits)
             pool, table = paging.commit(pool, table, buffer)
@@ -61,8 +61,7 @@ def test_a_paged_context_reads_like_one_contiguous_cache():
     for want, have in zip(expected, got, strict=True):
         np.testing.assert_allclose(have, want, atol=1e-5)
     assert not bool(pool.exhausted)
-    # Both chunks went to fresh pages: 3 prompt pages, then 1 and 2.
-    np.testing.assert_array_equal(table.count, [6])
+    np.testing.assert_array_equal(table.pages, [[1, 2, 3, 0]])  # fresh pages: 1 for 3 tokens, 2 for 5
 
 
 def test_commit_reuses_the_pages_no_table_refers_to():
@@ -142,7 +141,7 @@ def test_resampled_particles_share_pages_and_carry_no_keys():
     tables = paged.particles.pages.lm.pages.reshape(N, -1)
     alive = np.unique(np.asarray(tables)[np.asarray(tables) > 0])
     per_particle = np.asarray(paged.particles.pages.lm.count).sum()
-    assert len(alive) < per_particle  # shared pages (every particle shares at least the prompt's)
+    assert len(alive) < per_particle  # descendants of one particle share its pages
 
 
 def test_an_exhausted_pool_is_an_error_not_a_result():
@@ -157,3 +156,63 @@ def test_particle_mcmc_refuses_a_paged_program():
         ParticleGibbs(program, 4)
     with pytest.raises(ValueError, match="keeps_done"):
         ppl.StateSpaceProgram(program.init, program.step, STEPS, pool=pager)
+
+
+@pytest.mark.parametrize("task_name", ["countdown", "arithmetic"])
+def test_paged_solver_gives_the_contiguous_answers(task_name):
+    """The shipped pair on held-out problems: `SearchSpec(cache="paged")` writes the same traces and answers."""
+    from ppl.commands.shipped import load_models
+    from ppl.search import SearchSpec
+    from ppl.solver import Solver
+    from ppl.tasks import TASKS
+
+    task = TASKS[task_name]
+    problems = task.generate(task.eval_seed, 3)
+    solver = Solver(task, *load_models(task, "learned"), batch_rows=4 * len(problems))
+    contiguous, paged = (solver.solve(problems, SearchSpec("pf", 4, cache=cache), seed=1)
+                         for cache in ("contiguous", "paged"))
+    for a, b in zip(contiguous, paged, strict=True):
+        assert (a["steps"], a["answer"], a["tokens"]) == (b["steps"], b["answer"], b["tokens"])
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-4)
+
+
+def test_paged_ppl_solve_on_a_tiny_qwen_pair(tmp_path, capsys):
+    """`ppl solve --cache paged` with a real architecture (Qwen2 LM + classifier PRM, byte-level BPE) writes the
+    lines the contiguous cache writes."""
+    from test_free_text import MATH, run_solve
+
+    lines = {}
+    for cache in ("contiguous", "paged"):
+        (tmp_path / cache).mkdir()
+        code, lines[cache] = run_solve(tmp_path / cache, MATH, "--method", "pf", "--particles", "4", "--cache", cache)
+        assert code == 0, capsys.readouterr().err
+    for a, b in zip(lines["contiguous"], lines["paged"], strict=True):
+        assert (a["steps"], a["answer"], a["tokens"]) == (b["steps"], b["answer"], b["tokens"])
+
+
+def test_paged_cache_with_particle_gibbs_is_a_one_line_error(tmp_path, capsys):
+    from ppl.cli import main
+
+    problems = tmp_path / "in.jsonl"
+    problems.write_text('{"numbers": [1, 2, 3, 4], "target": 10}\n')
+    code = main(["countdown", "solve", "--problems", str(problems), "--method", "pg", "--cache", "paged",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "contiguous" in err[0]
+
+
+def test_memory_plan_shrinks_a_paged_pool_until_one_problem_fits(tmp_path, capsys):
+    """`--memory` just below what one problem needs with room for every trace: the plan halves the page pools
+    (betting on shared pages) instead of giving up; the run then answers, or says the pool ran out."""
+    import re
+
+    from test_free_text import MATH, run_solve
+
+    flags = ("--method", "pf", "--particles", "4", "--cache", "paged")
+    code, _ = run_solve(tmp_path, MATH[:1], *flags, "--memory", "64")
+    assert code == 0
+    need = int(re.search(r"memory plan: 1 problem\(s\) per run need (\d+) bytes", capsys.readouterr().err)[1])
+    code, records = run_solve(tmp_path, MATH[:1], *flags, "--memory", f"{(need - 1) / 2**30:.12f}")
+    err = capsys.readouterr().err
+    assert re.search(r"memory plan: paged caches of \d+ pages per pool", err)
+    assert (code == 0 and len(records) == 1) or (code == 2 and "ran out of pages" in err.strip().splitlines()[-1])

@@ -49,9 +49,10 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="epf: temperature schedule of the entropic resampling")
     parser.add_argument("--lookahead", action="store_true", help="epf: score a one-step draft before resampling")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or compile messages on stderr")
-    parser.add_argument("--cache", choices=CACHES, default="contiguous",
+    parser.add_argument("--cache", choices=CACHES,
                         help="KV caches: 'paged' keeps them in pages the particles share (resampling copies page "
-                             "tables, not keys and values); not with pg or --mesh")
+                             "tables, not keys and values; not with pg or --mesh). Default: paged for `ppl solve` "
+                             "(long traces) where it runs, contiguous for the shipped tasks' short ones")
     parser.add_argument("--mesh", metavar="particles=P,model=M",
                         help="spread the run over every device: particles over P of them, the LM's and PRM's "
                         "weights (attention heads, MLP units) over M; P x M must be the device count")
@@ -124,7 +125,7 @@ def run_task(args: argparse.Namespace) -> int:
     from ppl.solver import Solver
     from ppl.tasks import TASKS
 
-    spec = _spec(args)
+    spec = _spec(args, "contiguous")
     task = TASKS[args.task]
     problems = task.read(args.problems)
     out = _output(args.out)
@@ -141,7 +142,7 @@ def run_free_text(args: argparse.Namespace) -> int:
     from ppl.solver import METHODS_WITHOUT_PRM, NO_PRM, Solver
     from ppl.tasks.math import math_task
 
-    spec = _spec(args)
+    spec = _spec(args, "paged")
     for flag in ("max_steps", "max_step_tokens", "max_tokens", "tokens_per_step", "batch_rows"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -193,7 +194,9 @@ def run_free_text(args: argparse.Namespace) -> int:
     return _solve_and_write(solver, problems, spec, args.seed, out, "solve", args.quiet)
 
 
-def _spec(args: argparse.Namespace) -> Any:
+def _spec(args: argparse.Namespace, default_cache: str) -> Any:
+    """The search spec of the arguments; without `--cache`, `default_cache` where it runs (paged caches do not
+    run under pg or over a mesh), else contiguous."""
     from ppl.search import SearchSpec
 
     if args.particles < 1:
@@ -202,9 +205,12 @@ def _spec(args: argparse.Namespace) -> Any:
     if mesh is not None and args.particles % mesh.shape["particles"]:
         raise InputError(f"--particles {args.particles} must be a multiple of the mesh's {mesh.shape['particles']} "
                          "particle devices")
+    cache = args.cache
+    if cache is None:
+        cache = default_cache if args.method != "pg" and mesh is None else "contiguous"
     try:
         return SearchSpec(args.method, args.particles, form=args.form, schedule=args.schedule,
-                          lookahead=args.lookahead, mesh=mesh, cache=args.cache)
+                          lookahead=args.lookahead, mesh=mesh, cache=cache)
     except ValueError as err:
         raise InputError(str(err)) from None
 

@@ -1,0 +1,186 @@
+"""Paged vs contiguous particle caches: KV memory alive, bytes moved per resampling, wall time, same particles.
+
+Two workloads, each run both ways in one process, same key:
+
+* long traces: a tiny random-weight LM and token PRM (2 layers, 64-wide), pf over `--steps` steps of
+  up to `--step-tokens` tokens at N = `--particles`. Per step (the documented step-by-step loop,
+  `inference.smc.init`/`step`, jitted): the pages the particles' tables refer to, so "KV alive" is the
+  peak over steps of distinct pages x page bytes (contiguous: every particle holds its whole budget).
+  "moved" is what one resampling gathers: the particles' state, KV caches included (contiguous) or
+  page tables and token records (paged), against the contiguous KV caches. Wall time: `SMC.run`,
+  compiled first, best of `--repeats`.
+* Countdown: the shipped LM and learned PRM through the `Solver`, pf at each N, `--problems` held-out
+  problems: seconds per problem (compile excluded) and whether every answer and token count agree.
+
+    python benchmarks/paged.py [--particles 16,64,256] [--steps 40] [--step-tokens 16] [--page-size 16]
+        [--countdown 16,64] [--problems 32] [--out benchmarks/results/paged.json]
+
+Float rounding: paged attention sums the same terms in another order, so a draw that lands within
+rounding of a token boundary can differ; "agree to step" is the first step of the step-by-step runs
+(same keys both ways) whose ancestors or written tokens differ (the number of steps when none does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from report import write_json
+
+from inference import SMC, smc
+from models import paging
+from models.llama import Config, random_init
+from models.prm import PRM
+from models.sampling import SamplingParams, stop_table_from_bytes
+from ppl import reasoning
+from ppl.search import reasoning_program
+
+VOCAB = 64
+CONFIG = Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                head_dim=16, max_position_embeddings=4096)
+PROMPT = jnp.arange(1, 33, dtype=jnp.int32)[None]  # 32 prompt tokens
+
+
+def nbytes(tree) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def long_traces(particles: int, steps: int, step_tokens: int, page_size: int, repeats: int) -> dict:
+    lm = random_init(CONFIG, seed=1, scale=0.3)
+    prm = PRM(random_init(CONFIG, seed=2, scale=0.3), "token", step_tag_id=0, good_id=1, bad_id=2)
+    # token 0 is "\n", the step delimiter: about one token in 64, so most steps run to their cap
+    stops = stop_table_from_bytes([b"\n"] + [bytes([33 + i]) for i in range(VOCAB - 1)], stop_strings=("\n",))
+    params = SamplingParams(temperature=1.0, max_tokens=step_tokens)
+    lm_state, judge = reasoning.prefill_prompt(lm, prm, PROMPT, PROMPT.shape[1])
+    args = (lm_state, judge, lm, prm)
+    row: dict = {"particles": particles, "steps": steps, "step_tokens": step_tokens, "page_size": page_size}
+    runs, written = {}, {}
+    for cache in ("contiguous", "paged"):
+        pager = reasoning.Paging(steps, step_tokens, None, page_size) if cache == "paged" else None
+        program = reasoning_program(params, stops, steps, paging=pager)
+        filter_ = SMC(program, particles, "systematic", 0.5)
+        run = jax.jit(filter_.run_unchecked)
+        jax.block_until_ready(run(jax.random.key(0), *args))
+        seconds = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            runs[cache] = jax.block_until_ready(run(jax.random.key(0), *args))
+            seconds.append(time.perf_counter() - began)
+        row[f"{cache}_seconds"] = min(seconds)
+
+        state, _ = smc.init(program, jax.random.key(1), particles, *args)
+        step = jax.jit(lambda state, key, t, program=program: smc.step(program, state, key, t, *args))
+        moved = nbytes(state.particles.particles if cache == "paged" else state.particles)
+        alive, written[cache] = [], []
+        for t, key in enumerate(jax.random.split(jax.random.key(2), steps)):
+            state, info = step(state, key, t)
+            traces = state.particles.particles if cache == "paged" else state.particles
+            written[cache].append((np.asarray(info.ancestors), np.asarray(traces.steps[:, :, t])))
+            if cache == "paged":
+                swarm = state.particles
+                tables = (swarm.particles.pages.lm.pages, swarm.particles.pages.judge.pages)
+                pools = (swarm.pool.lm, swarm.pool.judge)
+                alive.append(sum(int(np.sum(np.asarray(paging.references(pool, table))[1:] > 0))
+                                 * nbytes((pool.k[0], pool.v[0])) for pool, table in zip(pools, tables, strict=True)))
+        if cache == "paged":
+            row["kv_alive_peak_bytes"] = max(alive)
+            row["kv_pool_bytes"] = nbytes((state.particles.pool.lm.k, state.particles.pool.lm.v,
+                                           state.particles.pool.judge.k, state.particles.pool.judge.v))
+            row["paged_moved_bytes"] = moved
+            row["paged_tokens_written"] = int(np.sum(runs[cache].particles.step_lengths))
+        else:
+            particles_ = state.particles
+            row["contiguous_kv_bytes"] = nbytes((particles_.lm.cache.k, particles_.lm.cache.v,
+                                                 particles_.judge.k, particles_.judge.v))
+            row["contiguous_moved_bytes"] = moved
+    a, b = runs["contiguous"], runs["paged"]
+    row["same_steps"] = bool(np.array_equal(a.particles.steps, b.particles.steps))
+    row["same_ancestors"] = bool(np.array_equal(a.ancestors, b.ancestors))
+    differs = [not (np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]))
+               for x, y in zip(written["contiguous"], written["paged"], strict=True)]
+    row["agree_to_step"] = differs.index(True) if any(differs) else steps
+    row["max_log_weight_difference"] = float(np.max(np.abs(np.asarray(a.log_weights) - np.asarray(b.log_weights))))
+    row["resampling_steps"] = int(np.sum(a.resampled))
+    row["kv_alive_fraction"] = row["kv_alive_peak_bytes"] / row["contiguous_kv_bytes"]
+    row["moved_fraction_of_kv"] = row["paged_moved_bytes"] / row["contiguous_kv_bytes"]
+    row["kv_moved_fraction"] = nbytes(b.particles.pages) / row["contiguous_kv_bytes"]
+    row["slowdown"] = row["paged_seconds"] / row["contiguous_seconds"]
+    return row
+
+
+def countdown(particles: list[int], problems: int) -> list[dict]:
+    if not particles:
+        return []
+    from ppl.commands.shipped import load_models
+    from ppl.search import SearchSpec
+    from ppl.solver import Solver
+    from ppl.tasks import TASKS
+
+    task = TASKS["countdown"]
+    items = task.generate(task.eval_seed, problems)
+    solver = Solver(task, *load_models(task, "learned"), batch_rows=max(particles) * problems)
+    rows = []
+    for n in particles:
+        row: dict = {"particles": n, "problems": problems}
+        out = {}
+        for cache in ("contiguous", "paged"):
+            spec = SearchSpec("pf", n, cache=cache)
+            solver.solve(items, spec)  # compile
+            best = []
+            for repeat in range(3):
+                out[cache] = solver.solve(items, spec, seed=repeat)
+                best.append(out[cache][0]["seconds"])
+            row[f"{cache}_seconds_per_problem"] = min(best)
+            row[f"{cache}_accuracy"] = float(np.mean([r["correct"] for r in out[cache]]))
+        same = lambda key, out=out: [r[key] for r in out["contiguous"]] == [r[key] for r in out["paged"]]
+        row["same_answers"], row["same_tokens"] = same("answer"), same("tokens")
+        row["slowdown"] = row["paged_seconds_per_problem"] / row["contiguous_seconds_per_problem"]
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--particles", default="16,64,256")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--step-tokens", type=int, default=16)
+    parser.add_argument("--page-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--countdown", default="16,64", help="pf budgets on Countdown ('' to skip)")
+    parser.add_argument("--problems", type=int, default=32)
+    parser.add_argument("--out", default="benchmarks/results/paged.json")
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+    long_rows = []
+    for n in (int(x) for x in args.particles.split(",") if x):
+        long_rows.append(long_traces(n, args.steps, args.step_tokens, args.page_size, args.repeats))
+        print(long_rows[-1], flush=True)
+    countdown_rows = countdown([int(x) for x in args.countdown.split(",") if x], args.problems)
+    result = {"long_traces": long_rows, "countdown": countdown_rows, "seconds_total": time.perf_counter() - began,
+              "device": str(jax.devices()[0].device_kind), "command": "python benchmarks/paged.py "
+              + " ".join(argv or __import__("sys").argv[1:])}
+    gib = 2**20
+    print(f"\nlong traces ({args.steps} steps x {args.step_tokens} tokens, page {args.page_size}; MiB)")
+    print(f"{'N':>5}{'KV contig':>11}{'KV alive':>10}{'alive %':>9}{'moved %':>9}{'KV moved %':>11}"
+          f"{'contig s':>10}{'paged s':>9}{'ratio':>7}{'agree to step':>15}")
+    for r in long_rows:
+        print(f"{r['particles']:>5}{r['contiguous_kv_bytes'] / gib:>11.1f}{r['kv_alive_peak_bytes'] / gib:>10.1f}"
+              f"{100 * r['kv_alive_fraction']:>9.1f}{100 * r['moved_fraction_of_kv']:>9.2f}"
+              f"{100 * r['kv_moved_fraction']:>11.3f}{r['contiguous_seconds']:>10.2f}{r['paged_seconds']:>9.2f}"
+              f"{r['slowdown']:>7.2f}{r['agree_to_step']:>10} of {r['steps']}")
+    if countdown_rows:
+        print(f"\nCountdown pf, shipped pair ({args.problems} problems; seconds per problem)")
+        print(f"{'N':>5}{'contiguous':>12}{'paged':>9}{'ratio':>7}{'same answers':>14}{'accuracy':>10}")
+        for r in countdown_rows:
+            print(f"{r['particles']:>5}{r['contiguous_seconds_per_problem']:>12.4f}"
+                  f"{r['paged_seconds_per_problem']:>9.4f}{r['slowdown']:>7.2f}"
+                  f"{str(r['same_answers'] and r['same_tokens']):>14}{r['paged_accuracy']:>10.3f}")
+    print(f"wrote {write_json(args.out, result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
