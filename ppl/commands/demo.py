@@ -21,7 +21,8 @@ from ppl.commands.shipped import PRM_KINDS
 from ppl.errors import InputError
 
 SAMPLING_FAMILY = ("bon", "wbon", "majority", "wmajority")  # share one run per budget
-SELECTING = ("beam", "pf", "epf", "pg")  # select particles between steps: a run each
+SELECTING = ("beam", "pf", "epf", "pg")  # select particles between steps: a run each, but at N = 1 (one sample:
+# nothing to select) they share the sampling family's run, each read out by its own rule
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -101,14 +102,19 @@ def run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     runs = [(SearchSpec("greedy", 1), ("greedy",), 1)]
     for n in budgets:
+        if n == 1:
+            runs.append((SearchSpec("bon", n), SAMPLING_FAMILY + SELECTING, n))
+            continue
         runs.append((SearchSpec("bon", n), SAMPLING_FAMILY, n))
         runs += [(SearchSpec(method, n), (method,), n) for method in SELECTING]
     with bar(len(tasks) * len(runs), "ppl demo", args.quiet, unit="run") as progress:
         for task in tasks:
             problems = TASKS[task].generate(TASKS[task].eval_seed, count)
             solver = Solver(TASKS[task], *load_models(TASKS[task], args.prm))
-            for spec, methods, n in runs:
+            for i, (spec, methods, n) in enumerate(runs):
                 progress.set_postfix_str(f"{task} {'/'.join(methods)} N={n}")
+                if i + 1 < len(runs):  # compiles while this one runs
+                    solver.prefetch(problems, runs[i + 1][0], seed=args.seed)
                 results = solver.solve_many(problems, spec, methods, seed=args.seed)
                 for method in methods:
                     rows.append({"task": task, "method": method, "budget": n, **summarise(results[method])})
