@@ -42,12 +42,9 @@ class PagePool(NamedTuple):
 
     @staticmethod
     def zeros(pages: int, page_size: int, layers: int, kv_heads: int, head_dim: int, dtype) -> PagePool:
-        return PagePool(
-            k=jnp.zeros((pages, layers, kv_heads, page_size, head_dim), dtype),
-            v=jnp.zeros((pages, layers, kv_heads, head_dim, page_size), dtype),
-            positions=jnp.full((pages, page_size), -1, jnp.int32),
-            exhausted=jnp.zeros((), bool),
-        )
+        """Every page empty: an empty `KVCache` whose rows are the pages and whose slots are a page's."""
+        empty = KVCache.zeros(layers, pages, page_size, kv_heads, head_dim, dtype)
+        return PagePool(empty.k, empty.v, empty.positions, exhausted=jnp.zeros((), bool))
 
 
 class PageTable(NamedTuple):

@@ -282,9 +282,9 @@ class Solver:
             LOGGER.info(f"memory plan: {size} problem(s) per run need {need} bytes ({need / 2**30:.3f} GiB)")
             if need > self.memory_bytes:
                 if size == 1 and spec.cache == "paged":
-                    full = spec.cache_pages or self._program(spec).pool.default_pages(spec.particles)
-                    smallest = self._program(spec).pool.default_pages(1)
-                    if full // 2 >= smallest:
+                    paging = self._program(spec).pool
+                    full = spec.cache_pages or paging.default_pages(spec.particles)
+                    if full // 2 >= paging.default_pages(1):
                         spec = dataclasses.replace(spec, cache_pages=full // 2)
                         LOGGER.info(f"memory plan: paged caches of {full // 2} pages per pool")
                         continue
