@@ -35,9 +35,11 @@ def chunks(
     num_problems: int, particles: int, rows: int = PARTICLE_ROWS
 ) -> Iterator[tuple[list[int], list[int]]]:
     """`(chunk, padded)` index lists covering the problems in order: `chunk` the problems of one
-    run, `padded` the same with its last problem repeated up to the fixed chunk size (a power of
-    two no larger than needed, at most `rows // particles`)."""
-    size = min(max(1, rows // particles), 1 << (num_problems - 1).bit_length())
+    run, `padded` the same with its last problem repeated up to the fixed chunk size. Runs hold at
+    most `rows // particles` problems, and as few runs as that allows share the problems evenly
+    (100 problems at 64 per run: two runs of 50, not 64 and 36 padded to 64)."""
+    most = max(1, rows // particles)
+    size = -(-num_problems // -(-num_problems // most))
     for start in range(0, num_problems, size):
         chunk = list(range(start, min(start + size, num_problems)))
         yield chunk, chunk + [chunk[-1]] * (size - len(chunk))

@@ -224,9 +224,17 @@ def prm_logits(model: Llama, ids: jax.Array, mask: jax.Array, good: int, bad: in
 
 
 def train(
-    model: Llama, loss_fn: Callable, batches: Iterator, steps: int, lr: float, log_every: int, name: str
+    model: Llama,
+    loss_fn: Callable,
+    batches: Iterator,
+    steps: int,
+    lr: float,
+    log_every: int,
+    name: str,
+    on_log: Callable[[int, Llama], None] | None = None,
 ) -> tuple[Llama, float]:
-    """AdamW with linear warmup and cosine decay; returns the model and the mean loss of the last log window."""
+    """AdamW with linear warmup and cosine decay; returns the model and the mean loss of the last log window.
+    `on_log(step, model)` is called at each log line (e.g. to measure a curve while training)."""
     warmup = min(200, steps // 10 + 1)
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 0.1)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
@@ -250,6 +258,8 @@ def train(
                 progress.set_postfix_str(f"loss {mean:.4f}")
                 LOGGER.info(f"[{name}] step {i}/{steps} loss {mean:.4f} ({time.time() - start:.0f}s)")
                 window = []
+                if on_log is not None:
+                    on_log(i, nnx.merge(graphdef, params))
     return nnx.merge(graphdef, params), mean
 
 

@@ -53,3 +53,21 @@ def test_unknown_method_is_an_argparse_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["countdown", "solve", "--problems", "x", "--method", "magic", "--out", "y"])
     assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_demo_budgets_must_be_positive_lists(capsys):
+    assert main(["demo", "--budgets", "4,x"]) == 2
+    assert "--budgets must be a comma-separated list" in capsys.readouterr().err
+    assert main(["demo", "--baseline-budgets", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+
+
+def test_demo_runs_every_method_at_budgets_and_the_baselines_beyond():
+    from ppl.commands.demo import SAMPLING_FAMILY, SELECTING, demo_runs
+
+    runs = demo_runs([1, 4], [4, 16])
+    assert [(spec.method, n) for spec, _, n in runs] == [
+        ("greedy", 1), ("bon", 1), ("bon", 4), *[(m, 4) for m in SELECTING], ("bon", 16)]
+    assert runs[1][1] == SAMPLING_FAMILY + SELECTING  # one sample: every method reads the same run
+    assert runs[-1][1] == SAMPLING_FAMILY
+    assert [spec.method for spec, _, _ in demo_runs([4], [])] == ["greedy", "bon", *SELECTING]

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ppl import batching
 from ppl.cli import main
 from ppl.commands.shipped import SHIPPED, load_models
 from ppl.search import SearchSpec
@@ -104,3 +105,14 @@ def test_greedy_matches_an_independent_decode_and_check():
         assert record["answer"] == (written[0] if written else None)
         assert record["correct"] == (bool(written) and written[0] == value)
     assert any(r["correct"] for r in records) and not all(r["correct"] for r in records)
+
+
+@pytest.mark.parametrize(("problems", "particles", "sizes"), [
+    (100, 16, [50, 50]), (100, 64, [15] * 7), (100, 1, [100]), (3, 1024, [1, 1, 1]), (1, 4, [1]),
+])
+def test_chunks_share_the_problems_evenly_between_as_few_runs_as_fit(problems, particles, sizes):
+    chunks = list(batching.chunks(problems, particles, rows=1024))
+    assert [len(padded) for _, padded in chunks] == sizes
+    assert [i for chunk, _ in chunks for i in chunk] == list(range(problems))
+    for chunk, padded in chunks:
+        assert padded[: len(chunk)] == chunk and set(padded[len(chunk):]) <= {chunk[-1]}

@@ -51,8 +51,11 @@ def test_training_steps_follow_the_schedule():
     model, loss = train(random_init(config, seed=0), lm_loss, itertools.repeat(batch), 1, 1e-2, log_every=1, name="lm")
     np.testing.assert_array_equal(model.lm_head.kernel[...], random_init(config, seed=0).lm_head.kernel[...])
     assert loss == pytest.approx(initial, rel=1e-6)
-    model, _ = train(random_init(config, seed=0), lm_loss, itertools.repeat(batch), 3, 1e-2, log_every=1, name="lm")
+    logged = []
+    model, _ = train(random_init(config, seed=0), lm_loss, itertools.repeat(batch), 3, 1e-2, log_every=2, name="lm",
+                     on_log=lambda step, m: logged.append((step, float(lm_loss(m, *batch)))))
     assert float(lm_loss(model, *batch)) < initial - 0.01
+    assert [step for step, _ in logged] == [2, 3] and logged[-1][1] == pytest.approx(float(lm_loss(model, *batch)))
 
 
 def test_balanced_weights_give_each_class_half_of_a_task():

@@ -26,10 +26,14 @@ SELECTING = ("beam", "pf", "epf", "pg")  # select particles between steps: a run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    demo = subparsers.add_parser("demo", help="all methods at budgets 1..64 on held-out problems; table, JSON, PNG")
+    demo = subparsers.add_parser("demo", help="all methods at budgets 1..16 (sampling to 64) on held-out problems; "
+                                 "table, JSON, PNG")
     demo.add_argument("--problems", type=int, default=100, help="held-out problems per task (default 100)")
     demo.add_argument("--full", action="store_true", help="400 problems per task (slower, tighter intervals)")
-    demo.add_argument("--budgets", default="1,4,16,64", help="comma-separated particle budgets")
+    demo.add_argument("--budgets", default="1,4,16", help="comma-separated particle budgets of every method")
+    demo.add_argument("--baseline-budgets", default="64",
+                      help="further budgets of the sampling baselines only (bon, wbon, majority, wmajority; "
+                      "comma-separated, '' for none): the papers set pf at N against best-of-N at 4N")
     demo.add_argument("--tasks", default="countdown,arithmetic", help="comma-separated tasks")
     demo.add_argument("--prm", choices=PRM_KINDS, default="learned")
     demo.add_argument("--out", default="demo_out", help="directory for demo.json and demo.png")
@@ -38,12 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(run=run)
 
 
-def _parse_list(text: str, kind: type, name: str) -> list:
+def _parse_list(text: str, kind: type, name: str, empty: bool = False) -> list:
     try:
         values = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--{name} must be a comma-separated list, got {text!r}") from None
-    if not values:
+    if not values and not empty:
         raise InputError(f"--{name} is empty")
     return values
 
@@ -81,17 +85,34 @@ def summarise(records: list[dict]) -> dict:
     }
 
 
+def demo_runs(budgets: list[int], baseline_budgets: list[int]) -> list[tuple[Any, tuple[str, ...], int]]:
+    """(spec, methods read out of its run, budget) of every run: greedy; at each of `budgets` the sampling
+    family's run and one per selecting method (at N = 1 the family's run serves them all); at each of
+    `baseline_budgets` the family's run only."""
+    from ppl.search import SearchSpec
+
+    runs = [(SearchSpec("greedy", 1), ("greedy",), 1)]
+    for n in budgets:
+        if n == 1:
+            runs.append((SearchSpec("bon", n), SAMPLING_FAMILY + SELECTING, n))
+            continue
+        runs.append((SearchSpec("bon", n), SAMPLING_FAMILY, n))
+        runs += [(SearchSpec(method, n), (method,), n) for method in SELECTING]
+    runs += [(SearchSpec("bon", n), SAMPLING_FAMILY, n) for n in baseline_budgets if n not in budgets]
+    return runs
+
+
 def run(args: argparse.Namespace) -> int:
     from ppl.commands.shipped import load_models
     from ppl.progress import bar
-    from ppl.search import SearchSpec
     from ppl.solver import Solver
     from ppl.tasks import TASKS
 
     budgets = _parse_list(args.budgets, int, "budgets")
+    baseline_budgets = _parse_list(args.baseline_budgets, int, "baseline-budgets", empty=True)
     tasks = _parse_list(args.tasks, str, "tasks")
-    if any(b < 1 for b in budgets):
-        raise InputError("--budgets must be positive")
+    if any(b < 1 for b in budgets + baseline_budgets):
+        raise InputError("--budgets and --baseline-budgets must be positive")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise InputError(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
@@ -100,13 +121,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, compile_seconds = [], {}
     began = time.perf_counter()
-    runs = [(SearchSpec("greedy", 1), ("greedy",), 1)]
-    for n in budgets:
-        if n == 1:
-            runs.append((SearchSpec("bon", n), SAMPLING_FAMILY + SELECTING, n))
-            continue
-        runs.append((SearchSpec("bon", n), SAMPLING_FAMILY, n))
-        runs += [(SearchSpec(method, n), (method,), n) for method in SELECTING]
+    runs = demo_runs(budgets, baseline_budgets)
     with bar(len(tasks) * len(runs), "ppl demo", args.quiet, unit="run") as progress:
         for task in tasks:
             problems = TASKS[task].generate(TASKS[task].eval_seed, count)

@@ -1,0 +1,243 @@
+"""How much training would a learned PRM need to rank the LM's own arithmetic traces? AUC against compute.
+
+For `pf` to beat voting, the PRM must rank a problem's correct traces above its wrong ones (within-problem
+AUC; `prm_ranking.py`). Each recipe here fine-tunes a PRM from the shipped LM on arithmetic data for
+`--steps` steps and, every `--every` steps, scores the LM's own samples of dev problems (seed 2000,
+`--samples` each, drawn once) by the sum of their steps' log P(good), writing the curve as it goes:
+
+  classify     binary cross-entropy at the step tags (the shipped recipe's loss), classes balanced
+  prefix       + every token of a step labelled: is the trace so far the start of a correct trace?
+               (dense labels: the check of each written digit, not only of the finished line)
+  generative   prefix + the LM's next-token loss on correct traces (its arithmetic keeps training)
+
+Data: the shipped LM's temperature-1 samples (`--problems` x 8, labelled by the oracle) and as many
+corrupted traces (`Training.corrupted`), arithmetic only. References, untrained: the shipped PRM, and the
+LM's own likelihood of its steps as a score.
+
+    python benchmarks/prm_recipes.py [--recipes classify,prefix,generative] [--steps 2000] [--every 500]
+                                     [--out benchmarks/results/prm_recipes.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from matplotlib.figure import Figure
+from report import write_json
+
+from models.loading import load
+from ppl import train as recipe
+from ppl.tasks import TASKS
+
+DEV_SEED = 2000
+DATA_SEED = 7
+RECIPES = ("classify", "prefix", "generative")
+PREFIX_WEIGHT = 0.5  # a step token's label weighs this much against a step tag's
+
+
+def correct_lines(drawn: recipe.Drawn, lines: list[str]) -> list[str]:
+    """The lines that would be right after `lines` (each solution's next line, with the operands of + and *
+    either way round), as the oracle judges them."""
+    candidates = set()
+    for solution in drawn.task.training.solutions(drawn.problem):
+        if len(solution) > len(lines):
+            line = solution[len(lines)]
+            candidates.add(line)
+            left, _, value = line.partition("=")
+            for op in "+*":
+                a, found, b = left.partition(op)
+                if found:
+                    candidates.add(f"{b}{op}{a}={value}")
+    return [c for c in candidates if drawn.labels([*lines, c])[-1] == 1]
+
+
+def arrays(tok: Any, items: list[tuple[recipe.Drawn, list[list[int]]]], prefix: bool) -> tuple[np.ndarray, ...]:
+    """(ids, mask, weights, labels, tags) [N, PRM_LEN]: step tags weigh their class's balanced weight; with
+    `prefix`, every other step token weighs PREFIX_WEIGHT with label "the trace so far starts a correct one"."""
+    n = len(items)
+    ids = np.full((n, recipe.PRM_LEN), tok.pad_token_id, np.int32)
+    weights, labels, tags = (np.zeros((n, recipe.PRM_LEN), np.float32) for _ in range(3))
+    for row, (drawn, steps) in enumerate(items):
+        seq = [tok.bos_token_id] + tok.encode(drawn.prompt)
+        lines: list[str] = []
+        on_track = True
+        for step in steps:
+            if len(seq) + len(step) > recipe.PRM_LEN:
+                break
+            right = [f"{c}\n" for c in correct_lines(drawn, lines)] if on_track else []
+            for j in range(len(step)):
+                written = tok.decode(step[: j + 1])
+                labels[row, len(seq) + j] = any(c.startswith(written) for c in right)
+                weights[row, len(seq) + j] = PREFIX_WEIGHT if prefix else 0.0
+            seq += step
+            tags[row, len(seq) - 1] = 1.0
+            lines.append(tok.decode(step).rstrip("\n"))
+            on_track = on_track and bool(labels[row, len(seq) - 1])
+        ids[row, : len(seq)] = seq
+    at = tags > 0
+    good = labels[at].mean()
+    weights[at] = np.where(labels[at] > 0, 0.5 / good, 0.5 / (1 - good))
+    return ids, ids != tok.pad_token_id, weights, labels, tags
+
+
+def batches(data: tuple[np.ndarray, ...], rng: np.random.Generator, size: int, lm_data: Any = None):
+    """Endless shuffled epochs of PRM arrays, each batch with an LM batch of correct traces if `lm_data`."""
+    while True:
+        order = rng.permutation(len(data[0]))
+        for start in range(0, len(order) - size + 1, size):
+            prm = tuple(a[order[start : start + size]] for a in data[:4])
+            yield (*prm, *(next(lm_data) if lm_data is not None else ()))
+
+
+def within_problem_auc(scores: np.ndarray, correct: np.ndarray) -> tuple[float, int]:
+    """Mean ROC AUC of correct vs wrong traces over the problems [P, S] that have both; and their number."""
+    mixed = [i for i in range(len(correct)) if correct[i].any() and not correct[i].all()]
+    return float(np.mean([recipe.roc_auc(scores[i], correct[i]) for i in mixed])), len(mixed)
+
+
+class Dev:
+    """The LM's samples of the dev problems, and the figures of a scorer on them."""
+
+    def __init__(self, tok: Any, sampler: Any, lm_params: Any, problems: int, samples: int):
+        drawn = recipe.draw(TASKS["arithmetic"], DEV_SEED, problems)
+        pool = [p for p in drawn for _ in range(samples)]
+        traces = recipe.sample_traces(sampler, lm_params, tok, jax.random.key(DEV_SEED), pool)
+        texts = [[tok.decode(s).rstrip("\n") for s in t] for t in traces]
+        self.correct = np.array([p.task.correct(p.problem, t) for p, t in zip(pool, texts, strict=True)])
+        self.correct = self.correct.reshape(problems, samples)
+        self.ids, self.mask, _, self.labels, self.tags = arrays(tok, list(zip(pool, traces, strict=True)), False)
+        self.shape = (problems, samples)
+        prompt = np.array([1 + len(tok.encode(p.prompt)) for p in pool])
+        last = self.ids.shape[1] - 1 - np.argmax(self.tags[:, ::-1] > 0, axis=1)
+        position = np.arange(self.ids.shape[1])
+        self.steps = (position >= prompt[:, None]) & (position <= last[:, None]) & self.tags.any(1)[:, None]
+
+    def figures(self, per_token: Any, every_token: bool = False) -> dict:
+        """Within-problem AUC of trace scores: per-token scores [B, L] summed at the step tags (or, with
+        `every_token`, over every step token); and the step AUC of the scores at the tags."""
+        scores = np.concatenate([np.asarray(per_token(self.ids[s : s + 256], self.mask[s : s + 256]))
+                                 for s in range(0, len(self.ids), 256)])
+        at = self.tags > 0
+        summed = self.steps if every_token else at
+        within, mixed = within_problem_auc((scores * summed).sum(1).reshape(self.shape), self.correct)
+        return {"within_problem_auc": within, "mixed_problems": mixed,
+                "step_auc": None if every_token else recipe.roc_auc(scores[at], self.labels[at])}
+
+
+def prm_scorer(model: Any, good: int, bad: int) -> Any:
+    """Per-token log P(good) of a token PRM (read at the step tags)."""
+    return jax.jit(lambda ids, mask: jax.nn.log_sigmoid(recipe.prm_logits(model, ids, mask, good, bad)))
+
+
+def lm_scorer(lm: Any) -> Any:
+    """Per-token log-probability of each token under the LM (0 at the first); summed over a trace's
+    steps, the trace's likelihood: the LM's own confidence as a score."""
+
+    @jax.jit
+    def per_token(ids, mask):
+        logp = jax.nn.log_softmax(lm(ids, mask)[:, :-1])
+        return jnp.pad(jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0], ((0, 0), (1, 0)))
+
+    return per_token
+
+
+def train_curve(prm: Any, batches: Any, dev: Dev, args: argparse.Namespace, tags: tuple[int, int], name: str,
+                save: Any) -> None:
+    """Train `prm` on `batches` (PRM arrays, then an LM batch or nothing) and `save` the curve of its dev
+    figures every `args.every` steps; training minutes exclude the measuring."""
+    good, bad = tags
+    curve, began, measuring = [], time.perf_counter(), 0.0
+
+    def loss_fn(model, ids, mask, weights, labels, *lm_batch):
+        logit = recipe.prm_logits(model, ids, mask, good, bad)
+        loss = jnp.sum(optax.sigmoid_binary_cross_entropy(logit, labels) * weights) / jnp.sum(weights)
+        return loss + (recipe.lm_loss(model, *lm_batch) if lm_batch else 0.0)
+
+    def measure(step: int, model: Any) -> None:
+        nonlocal measuring
+        if step % args.every == 0:
+            t = time.perf_counter()
+            minutes = (t - began - measuring) / 60
+            curve.append({"steps": step, "train_minutes": minutes, **dev.figures(prm_scorer(model, good, bad))})
+            measuring += time.perf_counter() - t
+            save(curve)
+
+    recipe.train(prm, loss_fn, batches, args.steps, args.lr, args.every, name, on_log=measure)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--every", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--problems", type=int, default=1500, help="training problems, 8 LM samples each")
+    parser.add_argument("--dev-problems", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=8, help="LM samples per dev problem")
+    parser.add_argument("--out", default="benchmarks/results/prm_recipes.json")
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+    tok = recipe.build_tokenizer()
+    lm, _ = load("models/shipped/lm")
+    graphdef, lm_params = nnx.split(lm)
+    sampler = recipe.make_sampler(graphdef, tok, 1.0)
+    good, bad = tok.convert_tokens_to_ids(["+", "-"])
+    dev = Dev(tok, sampler, lm_params, args.dev_problems, args.samples)
+    result = {"benchmark": "prm_recipes", "task": "arithmetic", "dev_seed": DEV_SEED, "steps": args.steps,
+              "batch": args.batch, "lr": args.lr, "training_problems": args.problems, "references": {},
+              "recipes": {}, "jax": jax.__version__}
+    shipped, _ = load("models/shipped/prm")
+    result["references"]["shipped PRM"] = dev.figures(prm_scorer(shipped, good, bad))
+    result["references"]["LM likelihood"] = dev.figures(lm_scorer(lm), every_token=True)
+    print(f"references: {result['references']}", flush=True)
+
+    rng = np.random.default_rng(DATA_SEED)
+    task = TASKS["arithmetic"]
+    pool = [p for p in recipe.draw(task, rng, args.problems) for _ in range(8)]
+    items = list(zip(pool, recipe.sample_traces(sampler, lm_params, tok, jax.random.key(DATA_SEED), pool),
+                     strict=True))
+    items += [(p, recipe.text_steps(tok, task.training.corrupted(p.problem, rng)))
+              for p in recipe.draw(task, rng, len(pool))]
+    items = [(p, steps) for p, steps in items if steps]
+    print(f"data: {len(items)} traces ({time.perf_counter() - began:.0f}s)", flush=True)
+
+    for name in args.recipes.split(","):
+        def save(curve: list[dict], name: str = name) -> None:
+            result["recipes"][name] = curve
+            write_json(args.out, result)
+            print(f"{name} {curve[-1]}", flush=True)
+
+        data = arrays(tok, items, prefix=name != "classify")
+        lm_data = recipe.lm_batches(tok, rng, args.batch, countdown_share=0.0) if name == "generative" else None
+        prm = nnx.merge(graphdef, jax.tree.map(jnp.copy, lm_params))
+        train_curve(prm, batches(data, rng, args.batch, lm_data), dev, args, (good, bad), name, save)
+    result["total_s"] = time.perf_counter() - began
+    print(write_json(args.out, result))
+    figure(result).savefig(args.out.replace(".json", ".png"), dpi=120)
+    return result
+
+
+def figure(result: dict) -> Figure:
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    for name, curve in result["recipes"].items():
+        ax.plot([p["train_minutes"] for p in curve], [p["within_problem_auc"] for p in curve], marker="o", label=name)
+    for (name, ref), style in zip(result["references"].items(), (":", "-."), strict=False):
+        ax.axhline(ref["within_problem_auc"], color="gray", linestyle=style, label=name)
+    ax.axhline(0.9, color="k", lw=0.8, label="target 0.90")
+    ax.set(xlabel="PRM training minutes (2 CPU cores)", ylabel="within-problem AUC (arithmetic)", ylim=(0.4, 1.0))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+if __name__ == "__main__":
+    main()
