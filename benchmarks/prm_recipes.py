@@ -3,7 +3,9 @@
 For `pf` to beat voting, the PRM must rank a problem's correct traces above its wrong ones (within-problem
 AUC; `prm_ranking.py`). Each recipe here fine-tunes a PRM from the shipped LM on arithmetic data for
 `--steps` steps and, every `--every` steps, scores the LM's own samples of dev problems (seed 2000,
-`--samples` each, drawn once) by the sum of their steps' log P(good), writing the curve as it goes:
+`--samples` each, drawn once) by the sum of their steps' log P(good), writing the curve as it goes, with
+the accuracy of the answer of most PRM weight (weighted majority) and of the best-scored trace (weighted
+best-of-N) next to plain majority voting on the same samples:
 
   classify     binary cross-entropy at the step tags (the shipped recipe's loss), classes balanced
   prefix       + every token of a step labelled: is the trace so far the start of a correct trace?
@@ -112,6 +114,8 @@ class Dev:
         texts = [[tok.decode(s).rstrip("\n") for s in t] for t in traces]
         self.correct = np.array([p.task.correct(p.problem, t) for p, t in zip(pool, texts, strict=True)])
         self.correct = self.correct.reshape(problems, samples)
+        self.answers = [p.task.answer(p.problem, t) for p, t in zip(pool, texts, strict=True)]
+        self.truth = [p.task.answer(p.problem, p.task.training.solutions(p.problem)[0]) for p in drawn]
         self.ids, self.mask, _, self.labels, self.tags = arrays(tok, list(zip(pool, traces, strict=True)), False)
         self.shape = (problems, samples)
         prompt = np.array([1 + len(tok.encode(p.prompt)) for p in pool])
@@ -126,9 +130,23 @@ class Dev:
                                  for s in range(0, len(self.ids), 256)])
         at = self.tags > 0
         summed = self.steps if every_token else at
-        within, mixed = within_problem_auc((scores * summed).sum(1).reshape(self.shape), self.correct)
+        trace_scores = (scores * summed).sum(1).reshape(self.shape)
+        within, mixed = within_problem_auc(trace_scores, self.correct)
         return {"within_problem_auc": within, "mixed_problems": mixed,
-                "step_auc": None if every_token else recipe.roc_auc(scores[at], self.labels[at])}
+                "step_auc": None if every_token else recipe.roc_auc(scores[at], self.labels[at]),
+                "weighted_vote": self.vote(np.exp(trace_scores - trace_scores.max(1, keepdims=True))),
+                "best": float(self.correct[np.arange(len(trace_scores)), trace_scores.argmax(1)].mean())}
+
+    def vote(self, weights: np.ndarray) -> float:
+        """Accuracy of the answer with the most weight among each problem's samples (weights [P, S])."""
+        solved = []
+        for i, row in enumerate(weights):
+            mass: dict = {}
+            for answer, w in zip(self.answers[i * self.shape[1] : (i + 1) * self.shape[1]], row, strict=True):
+                if answer is not None:
+                    mass[answer] = mass.get(answer, 0.0) + w
+            solved.append(bool(mass) and max(mass, key=mass.get) == self.truth[i])
+        return float(np.mean(solved))
 
 
 def prm_scorer(model: Any, good: int, bad: int) -> Any:
@@ -181,9 +199,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--problems", type=int, default=1500, help="training problems, 8 LM samples each")
     parser.add_argument("--dev-problems", type=int, default=200)
-    parser.add_argument("--samples", type=int, default=8, help="LM samples per dev problem")
+    parser.add_argument("--samples", type=int, default=16, help="LM samples per dev problem")
     parser.add_argument("--out", default="benchmarks/results/prm_recipes.json")
     args = parser.parse_args(argv)
+    recipes = [name for name in args.recipes.split(",") if name]
+    if set(recipes) - set(RECIPES):
+        parser.error(f"--recipes: choose from {', '.join(RECIPES)}")
     began = time.perf_counter()
     tok = recipe.build_tokenizer()
     lm, _ = load("models/shipped/lm")
@@ -197,8 +218,12 @@ def main(argv: list[str] | None = None) -> dict:
     shipped, _ = load("models/shipped/prm")
     result["references"]["shipped PRM"] = dev.figures(prm_scorer(shipped, good, bad))
     result["references"]["LM likelihood"] = dev.figures(lm_scorer(lm), every_token=True)
-    print(f"references: {result['references']}", flush=True)
+    result["majority"] = dev.vote(np.ones(dev.shape))
+    print(f"majority {result['majority']:.3f}; references: {result['references']}", flush=True)
 
+    if not recipes:
+        write_json(args.out, result)
+        return result
     rng = np.random.default_rng(DATA_SEED)
     task = TASKS["arithmetic"]
     pool = [p for p in recipe.draw(task, rng, args.problems) for _ in range(8)]
@@ -209,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     items = [(p, steps) for p, steps in items if steps]
     print(f"data: {len(items)} traces ({time.perf_counter() - began:.0f}s)", flush=True)
 
-    for name in args.recipes.split(","):
+    for name in recipes:
         def save(curve: list[dict], name: str = name) -> None:
             result["recipes"][name] = curve
             write_json(args.out, result)

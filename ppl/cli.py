@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except (PPLError, CheckpointError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
         print(f"ppl {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"ppl {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"ppl {args.command}: interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
         return 130
 
 

@@ -200,7 +200,20 @@ class Solver:
         share their samples, which makes their comparison paired.
         """
         out: dict[str, list[dict]] = {m: [] for m in methods}
+        for records in self.records(problems, spec, methods, seed):
+            for method in methods:
+                out[method] += records[method]
+            if progress is not None:
+                progress(len(out[methods[0]]), len(problems))
+        return out
+
+    def records(
+        self, problems: Sequence[Any], spec: SearchSpec, methods: Sequence[str], seed: int = 0
+    ) -> Iterator[dict[str, list[dict]]]:
+        """`solve_many`'s records run by run, in problem order, as each run ends: a caller can keep them
+        (write them out) before the next run, which may fail."""
         for chunk, result, seconds in self.runs(problems, spec, seed):
+            out: dict[str, list[dict]] = {m: [] for m in methods}
             for row, index in enumerate(chunk):
                 for method in methods:
                     record = readout.answer_record(
@@ -208,9 +221,7 @@ class Solver:
                     )
                     record.update(particles=spec.particles, seconds=seconds)
                     out[method].append(record)
-            if progress is not None:
-                progress(len(out[methods[0]]), len(problems))
-        return out
+            yield out
 
     def runs(
         self, problems: Sequence[Any], spec: SearchSpec, seed: int = 0

@@ -71,3 +71,30 @@ def test_demo_runs_every_method_at_budgets_and_the_baselines_beyond():
     assert runs[1][1] == SAMPLING_FAMILY + SELECTING  # one sample: every method reads the same run
     assert runs[-1][1] == SAMPLING_FAMILY
     assert [spec.method for spec, _, _ in demo_runs([4], [])] == ["greedy", "bon", *SELECTING]
+
+
+class _FailingSolver:
+    """A solver whose second run fails: the first run's lines must survive in the output."""
+
+    compile_seconds = 0.0
+
+    def __init__(self, error):
+        self.error = error
+
+    def records(self, problems, spec, methods, seed=0):
+        yield {spec.method: [{"answer": 1, "tokens": 3, "correct": True}] * 2}
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [None, KeyboardInterrupt()])
+def test_solve_keeps_the_lines_of_finished_runs_when_a_later_run_fails(tmp_path, error):
+    from ppl.commands.solve import _solve_and_write
+    from ppl.reasoning import PoolExhausted
+    from ppl.search import SearchSpec
+
+    error = error or PoolExhausted("the page pool ran out")
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(type(error)) as raised:
+        _solve_and_write(_FailingSolver(error), [0] * 5, SearchSpec("pf", 4), 0, out, "solve", quiet=True)
+    assert f"2 of 5 problems' lines kept in {out}" in str(raised.value)
+    assert [json.loads(line)["answer"] for line in out.read_text().splitlines()] == [1, 1]

@@ -223,22 +223,29 @@ def _output(path: str) -> Path:
 
 
 def _solve_and_write(solver: Any, problems: list, spec: Any, seed: int, out: Path, label: str, quiet: bool) -> int:
-    """Run `spec` on `problems` with a progress bar, write one line per problem, print a summary."""
+    """Run `spec` on `problems` with a progress bar, write one line per problem as each run ends (an error or an
+    interrupt later keeps the lines already written, and says how many), print a summary."""
+    from ppl.errors import PPLError
     from ppl.progress import bar
 
     began = time.perf_counter()
     name = f"{label} {spec.method} N={spec.particles}"
-    with bar(len(problems), name, quiet) as progress:
+    records = []
+    with bar(len(problems), name, quiet) as progress, out.open("w") as handle:
         progress.set_postfix_str("compiling")
-
-        def advance(done: int, total: int) -> None:
-            progress.update(done - progress.n)
-            progress.set_postfix_str(f"compile {solver.compile_seconds:.0f}s")
-
-        records = solver.solve(problems, spec, seed=seed, progress=advance)
-    with out.open("w") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            for chunk in solver.records(problems, spec, (spec.method,), seed=seed):
+                for record in chunk[spec.method]:
+                    handle.write(json.dumps(record) + "\n")
+                handle.flush()
+                records += chunk[spec.method]
+                progress.update(len(records) - progress.n)
+                progress.set_postfix_str(f"compile {solver.compile_seconds:.0f}s")
+        except (PPLError, KeyboardInterrupt) as err:
+            if records:
+                kept = f"{len(records)} of {len(problems)} problems' lines kept in {out}"
+                err.args = (f"{err.args[0]} ({kept})" if err.args else kept, *err.args[1:])
+            raise
     graded = [r["correct"] for r in records if "correct" in r]
     answered = sum(r["answer"] is not None for r in records)
     summary = f"accuracy {sum(graded) / len(graded):.3f} on {len(graded)} graded" if graded else "no gold answers"
