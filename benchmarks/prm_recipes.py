@@ -13,17 +13,20 @@ best-of-N) next to plain majority voting on the same samples:
   generative   prefix + the LM's next-token loss on correct traces (its arithmetic keeps training)
 
 Data: the shipped LM's temperature-1 samples (`--problems` x 8, labelled by the oracle) and as many
-corrupted traces (`Training.corrupted`), arithmetic only. References, untrained: the shipped PRM, and the
-LM's own likelihood of its steps as a score.
+corrupted traces (`Training.corrupted`), arithmetic only. References, untrained: the shipped PRM, the
+LM's own likelihood of its steps as a score, and simulated PRMs (the exact step labels blurred by Gaussian
+noise, at several separations): what within-problem AUC weighting needs to beat voting by 0.05.
 
-    python benchmarks/prm_recipes.py [--recipes classify,prefix,generative] [--steps 2000] [--every 500]
-                                     [--out benchmarks/results/prm_recipes.json]
+    python benchmarks/prm_recipes.py [--recipes classify,prefix,generative] [--steps 1500] [--every 500]
+                                     [--out benchmarks/results/prm_recipes.json] [--curves EARLIER.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -42,6 +45,8 @@ DEV_SEED = 2000
 DATA_SEED = 7
 RECIPES = ("classify", "prefix", "generative")
 PREFIX_WEIGHT = 0.5  # a step token's label weighs this much against a step tag's
+NOISE_SEED = 3
+SEPARATIONS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # of the simulated PRM's good and bad step logits, in noise sds
 
 
 def correct_lines(drawn: recipe.Drawn, lines: list[str]) -> list[str]:
@@ -123,11 +128,21 @@ class Dev:
         position = np.arange(self.ids.shape[1])
         self.steps = (position >= prompt[:, None]) & (position <= last[:, None]) & self.tags.any(1)[:, None]
 
-    def figures(self, per_token: Any, every_token: bool = False) -> dict:
+    def scores(self, per_token: Any) -> np.ndarray:
+        """A scorer's per-token scores [B, L] of the samples."""
+        return np.concatenate([np.asarray(per_token(self.ids[s : s + 256], self.mask[s : s + 256]))
+                               for s in range(0, len(self.ids), 256)])
+
+    def noisy_oracle(self, separation: float, rng: np.random.Generator) -> np.ndarray:
+        """Per-token scores of a simulated PRM: log sigmoid(z) at each step tag, z ~ N(+-separation, 1) for a
+        good / bad step (its oracle label): how well a PRM must rank for weighting to pay."""
+        z = separation * (2 * self.labels - 1) + rng.standard_normal(self.labels.shape)
+        return np.where(self.tags > 0, -np.logaddexp(0.0, -z), 0.0)
+
+    def figures(self, scores: np.ndarray, every_token: bool = False) -> dict:
         """Within-problem AUC of trace scores: per-token scores [B, L] summed at the step tags (or, with
-        `every_token`, over every step token); and the step AUC of the scores at the tags."""
-        scores = np.concatenate([np.asarray(per_token(self.ids[s : s + 256], self.mask[s : s + 256]))
-                                 for s in range(0, len(self.ids), 256)])
+        `every_token`, over every step token); the step AUC of the scores at the tags; and the accuracy
+        of the answer with most weight exp(trace score) and of the best-scored trace."""
         at = self.tags > 0
         summed = self.steps if every_token else at
         trace_scores = (scores * summed).sum(1).reshape(self.shape)
@@ -183,7 +198,8 @@ def train_curve(prm: Any, batches: Any, dev: Dev, args: argparse.Namespace, tags
         if step % args.every == 0:
             t = time.perf_counter()
             minutes = (t - began - measuring) / 60
-            curve.append({"steps": step, "train_minutes": minutes, **dev.figures(prm_scorer(model, good, bad))})
+            curve.append({"steps": step, "train_minutes": minutes,
+                          **dev.figures(dev.scores(prm_scorer(model, good, bad)))})
             measuring += time.perf_counter() - t
             save(curve)
 
@@ -193,7 +209,7 @@ def train_curve(prm: Any, batches: Any, dev: Dev, args: argparse.Namespace, tags
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default=",".join(RECIPES))
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--every", type=int, default=500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -201,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dev-problems", type=int, default=200)
     parser.add_argument("--samples", type=int, default=16, help="LM samples per dev problem")
     parser.add_argument("--out", default="benchmarks/results/prm_recipes.json")
+    parser.add_argument("--curves", default=None, help="an earlier run's JSON: draw its recipe curves with this "
+                        "run's references (use with --recipes '')")
     args = parser.parse_args(argv)
     recipes = [name for name in args.recipes.split(",") if name]
     if set(recipes) - set(RECIPES):
@@ -216,13 +234,18 @@ def main(argv: list[str] | None = None) -> dict:
               "batch": args.batch, "lr": args.lr, "training_problems": args.problems, "references": {},
               "recipes": {}, "jax": jax.__version__}
     shipped, _ = load("models/shipped/prm")
-    result["references"]["shipped PRM"] = dev.figures(prm_scorer(shipped, good, bad))
-    result["references"]["LM likelihood"] = dev.figures(lm_scorer(lm), every_token=True)
+    result["references"]["shipped PRM"] = dev.figures(dev.scores(prm_scorer(shipped, good, bad)))
+    result["references"]["LM likelihood"] = dev.figures(dev.scores(lm_scorer(lm)), every_token=True)
     result["majority"] = dev.vote(np.ones(dev.shape))
+    noise = np.random.default_rng(NOISE_SEED)
+    result["noisy_oracle"] = [{"separation": d, **dev.figures(dev.noisy_oracle(d, noise))} for d in SEPARATIONS]
     print(f"majority {result['majority']:.3f}; references: {result['references']}", flush=True)
-
+    if args.curves:
+        result["curves_from"] = args.curves
+        result["recipes"] = json.loads(Path(args.curves).read_text())["recipes"]
     if not recipes:
         write_json(args.out, result)
+        figure(result).savefig(args.out.replace(".json", ".png"), dpi=120)
         return result
     rng = np.random.default_rng(DATA_SEED)
     task = TASKS["arithmetic"]
@@ -251,16 +274,28 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def figure(result: dict) -> Figure:
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.subplots()
+    """Left: within-problem AUC against training minutes per recipe. Right: what a ranking buys, weighted
+    majority's accuracy against within-problem AUC (simulated PRMs as a curve, the recipes' last points and
+    the references as markers) next to plain majority voting."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
     for name, curve in result["recipes"].items():
-        ax.plot([p["train_minutes"] for p in curve], [p["within_problem_auc"] for p in curve], marker="o", label=name)
-    for (name, ref), style in zip(result["references"].items(), (":", "-."), strict=False):
-        ax.axhline(ref["within_problem_auc"], color="gray", linestyle=style, label=name)
-    ax.axhline(0.9, color="k", lw=0.8, label="target 0.90")
-    ax.set(xlabel="PRM training minutes (2 CPU cores)", ylabel="within-problem AUC (arithmetic)", ylim=(0.4, 1.0))
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+        left.plot([p["train_minutes"] for p in curve], [p["within_problem_auc"] for p in curve], marker="o", label=name)
+        right.plot(curve[-1]["within_problem_auc"], curve[-1]["weighted_vote"], marker="o", ls="", label=name)
+    for (name, ref), style, marker in zip(result["references"].items(), (":", "-."), "sD", strict=False):
+        left.axhline(ref["within_problem_auc"], color="gray", linestyle=style, label=name)
+        right.plot(ref["within_problem_auc"], ref["weighted_vote"], marker=marker, color="gray", ls="", label=name)
+    left.axhline(0.9, color="k", lw=0.8, label="target 0.90")
+    left.set(xlabel="PRM training minutes (2 CPU cores)", ylabel="within-problem AUC (arithmetic)", ylim=(0.4, 1.0))
+    oracle = result["noisy_oracle"]
+    right.plot([p["within_problem_auc"] for p in oracle], [p["weighted_vote"] for p in oracle], "k--",
+               label="noisy exact verifier")
+    right.axhline(result["majority"], color="gray", lw=0.8, label="majority")
+    right.axhline(result["majority"] + 0.05, color="k", lw=0.8, label="majority + 0.05")
+    right.set(xlabel="within-problem AUC", ylabel="weighted majority accuracy")
+    for ax in (left, right):
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     return fig
 
 
