@@ -15,7 +15,8 @@ best-of-N) next to plain majority voting on the same samples:
 Data: the shipped LM's temperature-1 samples (`--problems` x 8, labelled by the oracle) and as many
 corrupted traces (`Training.corrupted`), arithmetic only. References, untrained: the shipped PRM, the
 LM's own likelihood of its steps as a score, and simulated PRMs (the exact step labels blurred by Gaussian
-noise, at several separations): what within-problem AUC weighting needs to beat voting by 0.05.
+noise, at several separations): what within-problem AUC weighting needs to beat voting by 0.05. And what the
+LM's wrong samples get wrong first (a product, a sum, ... or the operands).
 
     python benchmarks/prm_recipes.py [--recipes classify,prefix,generative] [--steps 1500] [--every 500]
                                      [--out benchmarks/results/prm_recipes.json] [--curves EARLIER.json]
@@ -39,7 +40,8 @@ from report import write_json
 
 from models.loading import load
 from ppl import train as recipe
-from ppl.tasks import TASKS
+from ppl.tasks import TASKS, arithmetic
+from ppl.tasks.countdown import parse_step
 
 DEV_SEED = 2000
 DATA_SEED = 7
@@ -63,6 +65,24 @@ def correct_lines(drawn: recipe.Drawn, lines: list[str]) -> list[str]:
                 if found:
                     candidates.add(f"{b}{op}{a}={value}")
     return [c for c in candidates if drawn.labels([*lines, c])[-1] == 1]
+
+
+def first_error(drawn: recipe.Drawn, lines: list[str]) -> str | None:
+    """What a trace's first wrong line gets wrong: the result of an operation ("result *"), its operands, or
+    the answer line / a line past it; None when every line is right."""
+    labels = drawn.labels(lines)
+    if all(labels):
+        return None
+    i = labels.index(0)
+    expected = arithmetic.solution_steps(drawn.problem)
+    if i >= len(expected):
+        return "answer or extra line"
+    step, right = parse_step(lines[i]), parse_step(expected[i])
+    if step is None:
+        return "malformed"
+    same = step.op == right.op and ((step.a, step.b) == (right.a, right.b) or
+                                    (step.op in "+*" and (step.b, step.a) == (right.a, right.b)))
+    return f"result {right.op}" if same else "operands"
 
 
 def arrays(tok: Any, items: list[tuple[recipe.Drawn, list[list[int]]]], prefix: bool) -> tuple[np.ndarray, ...]:
@@ -120,6 +140,8 @@ class Dev:
         self.correct = np.array([p.task.correct(p.problem, t) for p, t in zip(pool, texts, strict=True)])
         self.correct = self.correct.reshape(problems, samples)
         self.answers = [p.task.answer(p.problem, t) for p, t in zip(pool, texts, strict=True)]
+        errors = [first_error(p, t) for p, t in zip(pool, texts, strict=True)]
+        self.first_errors = {kind: errors.count(kind) for kind in sorted(set(errors) - {None})}
         self.truth = [p.task.answer(p.problem, p.task.training.solutions(p.problem)[0]) for p in drawn]
         self.ids, self.mask, _, self.labels, self.tags = arrays(tok, list(zip(pool, traces, strict=True)), False)
         self.shape = (problems, samples)
@@ -237,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["references"]["shipped PRM"] = dev.figures(dev.scores(prm_scorer(shipped, good, bad)))
     result["references"]["LM likelihood"] = dev.figures(dev.scores(lm_scorer(lm)), every_token=True)
     result["majority"] = dev.vote(np.ones(dev.shape))
+    result["wrong_samples_by_first_error"] = dev.first_errors
     noise = np.random.default_rng(NOISE_SEED)
     result["noisy_oracle"] = [{"separation": d, **dev.figures(dev.noisy_oracle(d, noise))} for d in SEPARATIONS]
     print(f"majority {result['majority']:.3f}; references: {result['references']}", flush=True)
