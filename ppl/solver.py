@@ -270,7 +270,7 @@ class Solver:
                 judge = PRMInput(jnp.asarray(prm_tokens[padded]), jnp.asarray(prm_mask[padded]))
             else:
                 judge = self._contexts([problems[i] for i in padded])
-            keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), chunk[0]), len(padded))
+            keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), jnp.asarray(padded))  # per problem
             return keys, jnp.asarray(tokens[padded]), jnp.asarray(mask[padded]), judge, self.lm, self.prm
 
         rows = self.batch_rows

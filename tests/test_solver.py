@@ -116,3 +116,14 @@ def test_chunks_share_the_problems_evenly_between_as_few_runs_as_fit(problems, p
     assert [i for chunk, _ in chunks for i in chunk] == list(range(problems))
     for chunk, padded in chunks:
         assert padded[: len(chunk)] == chunk and set(padded[len(chunk):]) <= {chunk[-1]}
+
+
+def test_a_problems_answer_does_not_depend_on_which_problems_share_its_run():
+    """Each problem draws from its own key (the seed folded with its index): one problem per run or all in
+    one run (another --batch-rows or --memory plan), the same traces."""
+    task = TASKS["countdown"]
+    problems = task.generate(5, 3)
+    records = [Solver(task, *load_models(task, "oracle"), batch_rows=rows).solve(problems, SearchSpec("pf", 4), seed=1)
+               for rows in (4, 16)]
+    assert [r["steps"] for r in records[0]] == [r["steps"] for r in records[1]]
+    assert [r["answer"] for r in records[0]] == [r["answer"] for r in records[1]]
