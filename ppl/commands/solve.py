@@ -42,7 +42,9 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--particles", type=int, default=16, help="budget N: particles, samples or beams")
     parser.add_argument("--out", required=True, help="output JSONL")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="problem i (its line, from 0) samples from the key fold_in(key(SEED), i): its traces do "
+                        "not depend on --batch-rows, --memory or the other problems")
     parser.add_argument("--form", choices=("bernoulli", "twist", "replace"), default="bernoulli",
                         help="how the particle filter uses the PRM")
     parser.add_argument("--schedule", choices=SCHEDULES, default="ess",
