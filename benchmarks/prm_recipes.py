@@ -38,6 +38,7 @@ from flax import nnx
 from matplotlib.figure import Figure
 from report import write_json
 
+from inference.answers import answer_posterior
 from models.loading import load
 from ppl import train as recipe
 from ppl.tasks import TASKS, arithmetic
@@ -115,12 +116,9 @@ def arrays(tok: Any, items: list[tuple[recipe.Drawn, list[list[int]]]], prefix: 
 
 
 def batches(data: tuple[np.ndarray, ...], rng: np.random.Generator, size: int, lm_data: Any = None):
-    """Endless shuffled epochs of PRM arrays, each batch with an LM batch of correct traces if `lm_data`."""
-    while True:
-        order = rng.permutation(len(data[0]))
-        for start in range(0, len(order) - size + 1, size):
-            prm = tuple(a[order[start : start + size]] for a in data[:4])
-            yield (*prm, *(next(lm_data) if lm_data is not None else ()))
+    """`ppl.train`'s shuffled epochs of the PRM arrays, each batch with an LM batch of correct traces if `lm_data`."""
+    for prm in recipe.prm_batches(data[:4], rng, size):
+        yield (*prm, *(next(lm_data) if lm_data is not None else ()))
 
 
 def within_problem_auc(scores: np.ndarray, correct: np.ndarray) -> tuple[float, int]:
@@ -176,14 +174,11 @@ class Dev:
 
     def vote(self, weights: np.ndarray) -> float:
         """Accuracy of the answer with the most weight among each problem's samples (weights [P, S])."""
-        solved = []
-        for i, row in enumerate(weights):
-            mass: dict = {}
-            for answer, w in zip(self.answers[i * self.shape[1] : (i + 1) * self.shape[1]], row, strict=True):
-                if answer is not None:
-                    mass[answer] = mass.get(answer, 0.0) + w
-            solved.append(bool(mass) and max(mass, key=mass.get) == self.truth[i])
-        return float(np.mean(solved))
+        samples = self.shape[1]
+        return float(np.mean([
+            answer_posterior(self.answers[i * samples : (i + 1) * samples], row).best == self.truth[i]
+            for i, row in enumerate(weights)
+        ]))
 
 
 def prm_scorer(model: Any, good: int, bad: int) -> Any:

@@ -181,10 +181,9 @@ class Solver:
         problems: Sequence[Any],
         spec: SearchSpec,
         seed: int = 0,
-        progress: Callable[[int, int], None] | None = None,
     ) -> list[dict]:
         """Run `spec` on every problem; returns one output record per problem, in order."""
-        return self.solve_many(problems, spec, (spec.method,), seed, progress)[spec.method]
+        return self.solve_many(problems, spec, (spec.method,), seed)[spec.method]
 
     def solve_many(
         self,
@@ -192,7 +191,6 @@ class Solver:
         spec: SearchSpec,
         methods: Sequence[str],
         seed: int = 0,
-        progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, list[dict]]:
         """One run of `spec`, read out by the selection rule of each of `methods`.
 
@@ -203,8 +201,6 @@ class Solver:
         for records in self.records(problems, spec, methods, seed):
             for method in methods:
                 out[method] += records[method]
-            if progress is not None:
-                progress(len(out[methods[0]]), len(problems))
         return out
 
     def records(
