@@ -59,16 +59,26 @@ def cache_bytes(config: Config, slots: int, itemsize: int) -> int:
     return 2 * config.num_layers * config.num_kv_heads * config.head_dim * slots * itemsize
 
 
-def measure(particles: int, budget: int, step_tokens: int, dtype) -> dict:
+def compile_only_tpu(topology: str) -> jax.sharding.Sharding:
+    """One chip of a TPU `topology` (e.g. "v5p:1x1x1") to compile for on this host: libtpu compiles, nothing runs."""
+    from jax.experimental import topologies
+
+    return jax.sharding.SingleDeviceSharding(topologies.get_topology_desc(topology, "tpu").devices[0])
+
+
+def measure(particles: int, budget: int, step_tokens: int, dtype, device: jax.sharding.Sharding | None = None) -> dict:
     lm, prm = abstract_models(dtype)
     stops = stop_table_from_bytes([b"x"] * QWEN_MATH_PRM_7B.vocab_size, ("\n\n",), (151643, 151645))
     params = SamplingParams(temperature=0.7, top_p=0.8, max_tokens=step_tokens)
     program = reasoning_program(params, stops, STEPS, max_trace_tokens=budget)
     run = problem_run(SearchSpec("pf", particles).engine(program))
-    prompt = jax.ShapeDtypeStruct((1, PROMPT), jnp.int32)
-    mask = jax.ShapeDtypeStruct((1, PROMPT), jnp.bool_)
+    prompt = jax.ShapeDtypeStruct((1, PROMPT), jnp.int32, sharding=device)
+    mask = jax.ShapeDtypeStruct((1, PROMPT), jnp.bool_, sharding=device)
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=device)
+    if device is not None:  # every weight on the compile-only chip
+        lm, prm = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), (lm, prm))
     began = time.perf_counter()
-    compiled = jax.jit(run).lower(jax.random.key(0), prompt, mask, PRMInput(prompt, mask), lm, prm).compile()
+    compiled = jax.jit(run).lower(key, prompt, mask, PRMInput(prompt, mask), lm, prm).compile()
     stats = compiled.memory_analysis()
     itemsize = jnp.dtype(dtype).itemsize
     weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(nnx.state((lm, prm))))
@@ -90,13 +100,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--budget", type=int, default=4096)
     parser.add_argument("--step-tokens", type=int, default=256, help="--max-step-tokens")
+    parser.add_argument("--tpu", metavar="TOPOLOGY", help="compile for one chip of this TPU topology instead, e.g. "
+                        "v5p:1x1x1 (needs libtpu installed; no TPU needed: nothing runs)")
     parser.add_argument("--out", default="benchmarks/results/memory_real.json")
     args = parser.parse_args(argv)
-    rows = [measure(int(n), args.budget, args.step_tokens, jnp.dtype(d))
+    device = None if args.tpu is None else compile_only_tpu(args.tpu)
+    backend = jax.default_backend() if device is None else f"tpu {args.tpu} (compile only)"
+    rows = [measure(int(n), args.budget, args.step_tokens, jnp.dtype(d), device)
             for d in args.dtypes.split(",") for n in args.particles.split(",")]
     gib = 2**30
     print(f"pf, Qwen2.5-Math-1.5B + 7B PRM shapes, one {PROMPT}-token prompt, {STEPS} steps x {args.step_tokens}, "
-          f"budget {args.budget} ({jax.default_backend()}, XLA memory analysis; GiB)")
+          f"budget {args.budget} ({backend}, XLA memory analysis; GiB)")
     print(f"{'N':>4}{'dtype':>10}{'total':>8}{'weights':>9}{'caches':>8}{'beyond':>8}{'total/floor':>13}"
           f"{'beyond share':>14}")
     for r in rows:
@@ -104,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['particles']:>4}{r['dtype']:>10}{r['total_bytes'] / gib:>8.1f}{r['weight_bytes'] / gib:>9.1f}"
               f"{r['cache_bytes_at_budget'] / gib:>8.1f}{beyond / gib:>8.1f}{r['total_over_floor']:>13.2f}"
               f"{r['beyond_floor_share']:>14.1%}")
-    result = {"benchmark": "memory_real", "rows": rows, "jax": jax.__version__, "backend": jax.default_backend(),
+    result = {"benchmark": "memory_real", "rows": rows, "jax": jax.__version__, "backend": backend,
               "numpy": np.__version__}
     print(f"wrote {write_json(args.out, result)}")
     return result

@@ -222,22 +222,23 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
-        rows = jnp.arange(batch)[:, None]
-        k_cache = k_cache.at[rows, layer, :, dest].set(k.astype(k_cache.dtype), mode="drop")
-        v_cache = v_cache.at[rows, layer, :, :, dest].set(v.astype(v_cache.dtype), mode="drop")
+        # Rows, layer, heads and slot indexed, so the scatter's window is one head's vector: XLA:TPU then writes
+        # the cache in its own layout (with heads in the window it transposed the whole cache around each write).
+        rows, heads = jnp.arange(batch)[:, None, None], jnp.arange(c.num_kv_heads)
+        k_cache = k_cache.at[rows, layer, heads, dest[..., None]].set(k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[rows, layer, heads, :, dest[..., None]].set(v.astype(v_cache.dtype), mode="drop")
 
         def read(prefix):
             if length > 1 and k_cache.shape[3] > KEY_BLOCK:
                 filled = k_cache.shape[3] if reach is None else reach[2]
                 return self._attend_blocked(q, k_cache, v_cache, layer, filled, key_positions, positions, prefix)
-            keys, values = k_cache[:, layer], v_cache[:, layer]  # [B, K, S, D], [B, K, D, S]
-            if reach is None:
-                return self._attend(q, keys, values, key_positions, positions, layer, prefix)
+            if reach is None:  # keys [B, K, S, D], values [B, K, D, S]
+                return self._attend(q, k_cache[:, layer], v_cache[:, layer], key_positions, positions, layer, prefix)
             index, sizes, _ = reach
 
-            def first(size: int):
-                return lambda: self._attend(q, keys[:, :, :size], values[..., :size], key_positions[:, :size],
-                                            positions, layer, prefix)
+            def first(size: int):  # one slice of the layer's first `size` slots: a copy of what is read, no more
+                return lambda: self._attend(q, k_cache[:, layer, :, :size], v_cache[:, layer, :, :, :size],
+                                            key_positions[:, :size], positions, layer, prefix)
 
             return jax.lax.switch(index, [first(size) for size in sizes])
 
