@@ -83,8 +83,9 @@ def long_traces(particles: int, steps: int, step_tokens: int, page_size: int, re
                 swarm = state.particles
                 tables = (swarm.particles.pages.lm.pages, swarm.particles.pages.judge.pages)
                 pools = (swarm.pool.lm, swarm.pool.judge)
-                alive.append(sum(int(np.sum(np.asarray(paging.references(pool, table))[1:] > 0))
-                                 * nbytes((pool.k[0], pool.v[0])) for pool, table in zip(pools, tables, strict=True)))
+                page_bytes = lambda pool: nbytes(jax.tree.map(lambda x: x[0], (pool.k, pool.v)))
+                alive.append(sum(int(np.sum(np.asarray(paging.references(pool, table))[1:] > 0)) * page_bytes(pool)
+                                 for pool, table in zip(pools, tables, strict=True)))
         if cache == "paged":
             row["kv_alive_peak_bytes"] = max(alive)
             row["kv_pool_bytes"] = nbytes((state.particles.pool.lm.k, state.particles.pool.lm.v,

@@ -35,7 +35,7 @@ from report import write_json
 
 import ppl
 from inference import SMC
-from models.llama import Config, KVCache, num_parameters, random_init
+from models.llama import Config, num_parameters, random_init
 from models.prm import PRM
 from models.sampling import LMState, SamplingParams, prefill, sample_step, stop_table_from_bytes
 from ppl import reasoning
@@ -68,12 +68,7 @@ def make_program(steps: int, params: SamplingParams, stops):
 
 def broadcast_rows(lm_state: LMState, n: int) -> LMState:
     """`n` copies of a batch-1 LM state as one batch (the cache's batch axis is 1, after layers)."""
-    cache = lm_state.cache
-    return LMState(
-        KVCache(jnp.repeat(cache.k, n, axis=0), jnp.repeat(cache.v, n, axis=0),
-                jnp.repeat(cache.positions, n, axis=0), jnp.repeat(cache.length, n, axis=0)),
-        jnp.repeat(lm_state.next_logits, n, axis=0),
-    )
+    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), lm_state)
 
 
 def timed(fn, *args):
@@ -111,7 +106,7 @@ def bench(n: int, steps: int, max_tokens: int, repeats: int, lm, prompt) -> dict
     t0 = time.perf_counter()
     final, (tokens, lengths) = run_plain(jax.random.key(0), lm_state, lm)
     jax.block_until_ready(tokens)
-    assert final.cache.k.shape[0] == n and bool(jnp.all(final.cache.length == capacity))
+    assert final.cache.length.shape[0] == n and bool(jnp.all(final.cache.length == capacity))
     compile_plain = time.perf_counter() - t0
     assert int(np.asarray(lengths).sum()) == n * steps * max_tokens
 

@@ -72,13 +72,15 @@ class Config:
 class KVCache(NamedTuple):
     """Static-size cache. `positions[b, s]` is the RoPE position held by slot s (-1: empty).
 
-    Keys are stored [.., slot, dim] and values [.., dim, slot] per head: the layouts
-    the two attention products read as they are, so decoding copies no cache. Rows come
-    first, so a swarm of particles (each a batch of rows) folds into one batch for free.
+    One array per layer, keys stored [.., slot, dim] and values [.., dim, slot] per head:
+    the layouts the two attention products read as they are, so a layer reads its cache
+    in place (a stacked [rows, layers, ...] array made XLA copy each layer's slice out
+    before every product, and on TPU choose layouts that copied the whole stack). Rows
+    come first, so a swarm of particles (each a batch of rows) folds into one batch for free.
     """
 
-    k: jax.Array  # [batch, layers, kv_heads, capacity, head_dim]
-    v: jax.Array  # [batch, layers, kv_heads, head_dim, capacity]
+    k: tuple[jax.Array, ...]  # per layer [batch, kv_heads, capacity, head_dim]
+    v: tuple[jax.Array, ...]  # per layer [batch, kv_heads, head_dim, capacity]
     positions: jax.Array  # [batch, capacity] int32
     length: jax.Array  # [batch] int32: slots used, where the next token goes
 
@@ -93,7 +95,7 @@ class KVCache(NamedTuple):
     def layer(self, index: int) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Layer `index`'s keys [B, K, S, D], values [B, K, D, S] and slot positions [B, S]: what a shared
         `prefix` answers (as does `models.paging.PagedContext`, a context read through page tables)."""
-        return self.k[:, index], self.v[:, index], self.positions
+        return self.k[index], self.v[index], self.positions
 
     def next_position(self) -> jax.Array:
         """RoPE position the next token of each row will take."""
@@ -103,16 +105,16 @@ class KVCache(NamedTuple):
     def zeros(layers: int, batch: int, capacity: int, kv_heads: int, head_dim: int, dtype: Any) -> KVCache:
         """An empty cache: every slot unfilled (position -1), every row at length 0."""
         return KVCache(
-            k=jnp.zeros((batch, layers, kv_heads, capacity, head_dim), dtype),
-            v=jnp.zeros((batch, layers, kv_heads, head_dim, capacity), dtype),
+            k=tuple(jnp.zeros((batch, kv_heads, capacity, head_dim), dtype) for _ in range(layers)),
+            v=tuple(jnp.zeros((batch, kv_heads, head_dim, capacity), dtype) for _ in range(layers)),
             positions=jnp.full((batch, capacity), -1, jnp.int32),
             length=jnp.zeros((batch,), jnp.int32),
         )
 
     def empty(self, capacity: int) -> KVCache:
         """An empty cache of `capacity` slots with this one's layers, rows, heads and dtype."""
-        batch, layers, heads, _, dim = self.k.shape
-        return KVCache.zeros(layers, batch, capacity, heads, dim, self.k.dtype)
+        batch, heads, _, dim = self.k[0].shape
+        return KVCache.zeros(len(self.k), batch, capacity, heads, dim, self.k[0].dtype)
 
 
 def prefix_parts(prefix: Any) -> tuple:
@@ -205,9 +207,9 @@ class Attention(nnx.Module):
     def __call__(self, x, positions, k_cache, v_cache, layer, dest, key_positions, inv_freq, prefix=None, reach=None):
         """Attend from the chunk `x` [B, T, C] to the cache after writing the chunk into it.
 
-        `k_cache`/`v_cache` are every layer's caches (`KVCache`'s layouts); this layer's is
-        `layer`, updated in place (no per-layer slice and re-stack of the whole cache).
-        `dest` [B, T] is each token's cache slot (out of range for padding: dropped);
+        `k_cache`/`v_cache` are this layer's caches (`KVCache`'s layouts), updated in place;
+        `layer` is its index in a `prefix`. `dest` [B, T] is each token's cache slot (out of
+        range for padding: dropped);
         `key_positions` [B, S] the slots' positions after the write; `prefix` a shared
         read-only `KVCache` attended to first (see the module docstring). `reach`: (index,
         sizes, filled), read only the first `sizes[index]` slots, or for a chunk over more than
@@ -222,23 +224,23 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
-        # Rows, layer, heads and slot indexed, so the scatter's window is one head's vector: XLA:TPU then writes
-        # the cache in its own layout (with heads in the window it transposed the whole cache around each write).
+        # Rows, heads and slot indexed, so the scatter's window is one head's vector: XLA:TPU then writes the
+        # cache in its own layout (with heads in the window it transposed the cache around each write).
         rows, heads = jnp.arange(batch)[:, None, None], jnp.arange(c.num_kv_heads)
-        k_cache = k_cache.at[rows, layer, heads, dest[..., None]].set(k.astype(k_cache.dtype), mode="drop")
-        v_cache = v_cache.at[rows, layer, heads, :, dest[..., None]].set(v.astype(v_cache.dtype), mode="drop")
+        k_cache = k_cache.at[rows, heads, dest[..., None]].set(k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[rows, heads, :, dest[..., None]].set(v.astype(v_cache.dtype), mode="drop")
 
         def read(prefix):
-            if length > 1 and k_cache.shape[3] > KEY_BLOCK:
-                filled = k_cache.shape[3] if reach is None else reach[2]
+            if length > 1 and k_cache.shape[2] > KEY_BLOCK:
+                filled = k_cache.shape[2] if reach is None else reach[2]
                 return self._attend_blocked(q, k_cache, v_cache, layer, filled, key_positions, positions, prefix)
-            if reach is None:  # keys [B, K, S, D], values [B, K, D, S]
-                return self._attend(q, k_cache[:, layer], v_cache[:, layer], key_positions, positions, layer, prefix)
+            if reach is None:
+                return self._attend(q, k_cache, v_cache, key_positions, positions, layer, prefix)
             index, sizes, _ = reach
 
-            def first(size: int):  # one slice of the layer's first `size` slots: a copy of what is read, no more
-                return lambda: self._attend(q, k_cache[:, layer, :, :size], v_cache[:, layer, :, :, :size],
-                                            key_positions[:, :size], positions, layer, prefix)
+            def first(size: int):
+                return lambda: self._attend(q, k_cache[:, :, :size], v_cache[..., :size], key_positions[:, :size],
+                                            positions, layer, prefix)
 
             return jax.lax.switch(index, [first(size) for size in sizes])
 
@@ -314,16 +316,13 @@ class Attention(nnx.Module):
             scores, visible, weigh = self._prefix_part(q, part, layer, positions)
             carry = absorb(carry, scores, visible, lambda w, weigh=weigh: weigh(w, jnp.float32))
 
-        _, _, heads_kv, capacity, dim = k_cache.shape
+        capacity = k_cache.shape[2]
 
         def block(i, carry):
             start = jnp.minimum(i * KEY_BLOCK, capacity - KEY_BLOCK)  # the last block overlaps the one before
             fresh = start + jnp.arange(KEY_BLOCK) >= i * KEY_BLOCK  # slots no earlier block counted
-            zero = jnp.zeros((), start.dtype)
-            block_keys = jax.lax.dynamic_slice(k_cache, (zero, layer, zero, start, zero),
-                                               (batch, 1, heads_kv, KEY_BLOCK, dim))[:, 0]
-            block_values = jax.lax.dynamic_slice(v_cache, (zero, layer, zero, zero, start),
-                                                 (batch, 1, heads_kv, dim, KEY_BLOCK))[:, 0]
+            block_keys = jax.lax.dynamic_slice_in_dim(k_cache, start, KEY_BLOCK, axis=2)
+            block_values = jax.lax.dynamic_slice_in_dim(v_cache, start, KEY_BLOCK, axis=3)
             visible = self._visible(jax.lax.dynamic_slice_in_dim(key_positions, start, KEY_BLOCK, axis=1), positions)
             scores = jnp.einsum("btkgd,bksd->bkgts", q, block_keys, preferred_element_type=jnp.float32)
             return absorb(carry, scores, visible & fresh, lambda w: jnp.einsum(
@@ -433,12 +432,12 @@ class Llama(nnx.Module):
                     options = tuple((*parts[:i], option, *parts[i + 1 :]) for option in choice.options)
                     prefix = PrefixChoice(choice.index, options)
         x = self.embed_tokens(jnp.where(mask, tokens, 0))
-        k, v = cache.k, cache.v
+        k, v = list(cache.k), list(cache.v)
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, positions, k, v, i, dest, key_positions, inv_freq, prefix, reach)
+            x, k[i], v[i] = layer(x, positions, k[i], v[i], i, dest, key_positions, inv_freq, prefix, reach)
         cache = KVCache(
-            k=k,
-            v=v,
+            k=tuple(k),
+            v=tuple(v),
             positions=key_positions,
             length=cache.length + jnp.sum(mask, axis=1, dtype=jnp.int32),
         )

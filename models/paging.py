@@ -27,8 +27,8 @@ from models.llama import KVCache, PrefixChoice, most, read_sizes
 class PagePool(NamedTuple):
     """Keys, values and positions of every page; page 0 is the null page."""
 
-    k: jax.Array  # [pages, layers, kv_heads, page_size, head_dim]
-    v: jax.Array  # [pages, layers, kv_heads, head_dim, page_size]
+    k: tuple[jax.Array, ...]  # per layer [pages, kv_heads, page_size, head_dim]
+    v: tuple[jax.Array, ...]  # per layer [pages, kv_heads, head_dim, page_size]
     positions: jax.Array  # [pages, page_size] int32, -1 where empty
     exhausted: jax.Array  # [] bool: a commit found fewer free pages than it needed (its writes are lost)
 
@@ -75,9 +75,9 @@ class PagedContext(NamedTuple):
     def layer(self, index: int) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Layer `index`'s keys [rows, K, S, D], values [rows, K, D, S] and slot positions [rows, S]."""
         rows, width = self.pages.shape
-        keys = self.pool.k[self.pages, index]  # [rows, pages, K, P, D]
+        keys = self.pool.k[index][self.pages]  # [rows, pages, K, P, D]
         keys = jnp.moveaxis(keys, 1, 2).reshape(rows, keys.shape[2], self.capacity, keys.shape[-1])
-        values = self.pool.v[self.pages, index]  # [rows, pages, K, D, P]
+        values = self.pool.v[index][self.pages]  # [rows, pages, K, D, P]
         values = jnp.moveaxis(values, 1, 3).reshape(rows, values.shape[2], values.shape[3], self.capacity)
         return keys, values, self.positions()
 
@@ -131,9 +131,11 @@ def commit(pool: PagePool, table: PageTable, buffer: KVCache) -> tuple[PagePool,
         x = x.reshape(x.shape[:slot_axis] + (per_row, size) + x.shape[slot_axis + 1 :])
         return jnp.moveaxis(x, slot_axis, 1)
 
+    write = lambda pages, written, slot_axis: pages.at[new].set(paged(written, slot_axis).astype(pages.dtype),
+                                                                 mode="drop")
     pool = PagePool(
-        k=pool.k.at[new].set(paged(buffer.k, 3).astype(pool.k.dtype), mode="drop"),
-        v=pool.v.at[new].set(paged(buffer.v, 4).astype(pool.v.dtype), mode="drop"),
+        k=tuple(write(pages, written, 2) for pages, written in zip(pool.k, buffer.k, strict=True)),
+        v=tuple(write(pages, written, 3) for pages, written in zip(pool.v, buffer.v, strict=True)),
         positions=pool.positions.at[new].set(paged(buffer.positions, 1), mode="drop"),
         exhausted=pool.exhausted | (jnp.sum(need) > available) | jnp.any(table.count + need > table.pages.shape[1]),
     )

@@ -232,39 +232,29 @@ def draw(row_keys: jax.Array, logp: jax.Array) -> jax.Array:
     return jnp.sum(cdf <= u[:, None], axis=-1).astype(jnp.int32)
 
 
-_CACHE_AXES = KVCache(0, 0, 0, 0)  # the row axis of each leaf of a `KVCache`: rows first, so folding is a reshape
+def _fold(x: jax.Array) -> jax.Array:
+    """[A, B, ...] -> [A * B, ...]: every leaf of a state, a cache or a page table has its rows first."""
+    return x.reshape(-1, *x.shape[2:])
 
 
-def _state_axes(state: LMState) -> LMState:
-    """The row axis of each leaf of an `LMState`."""
-    return LMState(_CACHE_AXES, 0)
-
-
-def _fold(x: jax.Array, axis: int) -> jax.Array:
-    """[A, ..., B (at 1 + axis), ...] -> [..., A * B (at axis), ...]."""
-    x = jnp.moveaxis(x, 0, axis)
-    return x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2 :])
-
-
-def _unfold(x: jax.Array, axis: int, size: int) -> jax.Array:
-    """The inverse of `_fold`: [..., A * B, ...] -> [A, ..., B, ...]."""
-    x = x.reshape(x.shape[:axis] + (size, -1) + x.shape[axis + 1 :])
-    return jnp.moveaxis(x, axis, 0)
+def _unfold(x: jax.Array, size: int) -> jax.Array:
+    """The inverse of `_fold`: [A * B, ...] -> [A, B, ...]."""
+    return x.reshape(size, -1, *x.shape[1:])
 
 
 def _fold_paged(context: PagedContext, batched: PagedContext, size: int, rows: Callable) -> PagedContext:
     """A paged context of `size` vmapped elements as one: their page tables become rows; pools of their own
     (one per element) are laid end to end, each table offset to its element's pages. A shared pool stays."""
-    pages, count = context.pages, rows(context.count, batched.count, 0)
+    pages, count = context.pages, rows(context.count, batched.count)
     if any(jax.tree.leaves(batched.pool)):
         pool = jax.tree.map(lambda x, b: x if b else jnp.broadcast_to(x[None], (size, *x.shape)), context.pool,
                             batched.pool)
         num_pages = pool.positions.shape[1]
-        pages = rows(pages, batched.pages, 0).reshape(size, -1, pages.shape[-1])
+        pages = rows(pages, batched.pages).reshape(size, -1, pages.shape[-1])
         pages = (pages + num_pages * jnp.arange(size, dtype=pages.dtype)[:, None, None]).reshape(-1, pages.shape[-1])
         merged = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), pool._replace(exhausted=None))
         return PagedContext(merged._replace(exhausted=jnp.any(pool.exhausted)), pages, count)
-    return PagedContext(context.pool, rows(pages, batched.pages, 0), count)
+    return PagedContext(context.pool, rows(pages, batched.pages), count)
 
 
 def _row_sampler(params: SamplingParams):
@@ -284,24 +274,22 @@ def _row_sampler(params: SamplingParams):
             out = jax.vmap(run, in_axes=tuple(axes))(lm, row_keys, state, stops, running, limit, prefix)
             return out, jax.tree.map(lambda _: True, out)
 
-        def rows(x, batched, axis):
-            x = x if batched else jnp.broadcast_to(x[None], (size, *x.shape))
-            return _fold(x, axis)
+        def rows(x, batched):
+            return _fold(x if batched else jnp.broadcast_to(x[None], (size, *x.shape)))
 
-        state = jax.tree.map(rows, state, state_batched, _state_axes(state))
+        state = jax.tree.map(rows, state, state_batched)
         def fold_part(part, batched):
             if isinstance(part, PagedContext):
                 return _fold_paged(part, batched, size, rows)
             if any(jax.tree.leaves(batched)):  # one prefix per vmapped element
-                return jax.tree.map(rows, part, batched, _CACHE_AXES)
+                return jax.tree.map(rows, part, batched)
             return part  # an unbatched prefix stays as it is: every folded row shares it, stored once
 
         parts = tuple(map(fold_part, prefix_parts(prefix), prefix_parts(prefix_batched)))
         prefix = parts if type(prefix) is tuple else (parts[0] if parts else None)
-        result = run(lm, rows(row_keys, keys_batched, 0), state, stops, rows(running, running_batched, 0),
-                     rows(limit, limit_batched, 0), prefix)
-        axes = StepResult(0, 0, 0, 0, 0, _state_axes(result.state))
-        out = jax.tree.map(lambda x, axis: _unfold(x, axis, size), result, axes)
+        result = run(lm, rows(row_keys, keys_batched), state, stops, rows(running, running_batched),
+                     rows(limit, limit_batched), prefix)
+        out = jax.tree.map(lambda x: _unfold(x, size), result)
         return out, jax.tree.map(lambda _: True, out)
 
     return run

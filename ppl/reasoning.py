@@ -154,9 +154,9 @@ class Paging:
 
     def init(self, num_particles: int, lm_state: LMState, judge: Any, lm: Any, prm: Any) -> Pools:
         def pool(cache: KVCache, extra_per_step: int) -> PagePool:
-            _, layers, kv_heads, _, head_dim = cache.k.shape
+            *_, kv_heads, _, head_dim = cache.k[0].shape
             pages = self.pages or 1 + num_particles * self.step_pages(extra_per_step)
-            return PagePool.zeros(pages, self.page_size, layers, kv_heads, head_dim, cache.k.dtype)
+            return PagePool.zeros(pages, self.page_size, len(cache.k), kv_heads, head_dim, cache.k[0].dtype)
 
         judge_pool = pool(judge, 1) if isinstance(judge, KVCache) else None  # a PRM adds its step tag
         return Pools(pool(lm_state.cache, 0), judge_pool)
@@ -182,8 +182,8 @@ class Paging:
         def commit_one(pool: PagePool, table: PageTable, buffer: KVCache) -> tuple[PagePool, PageTable, KVCache]:
             pool, new_table = paging.commit(pool, flat(table), flat(buffer))
             new_table = jax.tree.map(lambda new, old: new.reshape(old.shape), new_table, table)
-            empty = KVCache(buffer.k[..., :0, :], buffer.v[..., :0], buffer.positions[..., :0],
-                            jnp.zeros_like(buffer.length))
+            empty = KVCache(tuple(k[..., :0, :] for k in buffer.k), tuple(v[..., :0] for v in buffer.v),
+                            buffer.positions[..., :0], jnp.zeros_like(buffer.length))
             return pool, new_table, empty
 
         lm_pool, lm_table, lm_cache = commit_one(pools.lm, traces.pages.lm, traces.lm.cache)

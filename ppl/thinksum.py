@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpyro
 from jax.scipy.special import logsumexp
 
-from models.llama import KVCache, Llama
+from models.llama import Llama
 from models.sampling import (
     NO_TOKEN,
     STOP_EOS,
@@ -44,16 +44,7 @@ from models.sampling import (
 
 def repeat_rows(state: LMState, n: int) -> LMState:
     """Each row of `state` repeated `n` times in place (row r becomes rows r*n .. r*n+n-1)."""
-    cache = state.cache
-    return LMState(
-        KVCache(
-            k=jnp.repeat(cache.k, n, axis=0),
-            v=jnp.repeat(cache.v, n, axis=0),
-            positions=jnp.repeat(cache.positions, n, axis=0),
-            length=jnp.repeat(cache.length, n, axis=0),
-        ),
-        jnp.repeat(state.next_logits, n, axis=0),
-    )
+    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), state)
 
 
 def element_states(

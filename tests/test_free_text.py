@@ -241,7 +241,7 @@ def test_solve_in_bfloat16_end_to_end(tmp_path, capsys):
     """bf16 weights and caches, float32 logits (accumulated in float32, not rounded to bf16 first)."""
     lm, _ = models.load(checkpoint("qwen2_chat"), "bfloat16")
     logits, cache = lm.extend(jnp.asarray([[1, 2, 3]]), lm.init_cache(1, 4))
-    assert cache.k.dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+    assert cache.k[0].dtype == jnp.bfloat16 and logits.dtype == jnp.float32
     assert np.unique(np.asarray(logits)).size > np.unique(np.asarray(logits.astype(jnp.bfloat16))).size
     code, records = run_solve(tmp_path, MATH, "--method", "pf", "--particles", "2", "--dtype", "bfloat16")
     assert code == 0, capsys.readouterr().err

@@ -188,7 +188,7 @@ def test_reading_the_filled_part_of_a_big_cache_gives_the_same_logits(shared_pro
     """`read_filled` attends over the smallest `read_sizes` bucket holding every filled slot: the logits
     of a full read (to float rounding: the sums run over fewer zeros); under `vmap` the branch index stays unbatched
     (a `cond` in the jaxpr, not a `select` of every bucket)."""
-    from models.llama import Config, KVCache, random_init, read_sizes
+    from models.llama import Config, random_init, read_sizes
 
     assert read_sizes(300) == (64, 128, 256, 300) and read_sizes(64) == (64,)
     config = Config(vocab_size=11, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=4,
@@ -208,11 +208,11 @@ def test_reading_the_filled_part_of_a_big_cache_gives_the_same_logits(shared_pro
         np.testing.assert_allclose(a, b, atol=2e-5)  # later layers' keys follow earlier layers' attention
 
     def one(token, row):  # one row's cache, its batch axis restored
-        row = KVCache(row.k[None], row.v[None], row.positions[None], row.length[None])
+        row = jax.tree.map(lambda x: x[None], row)
         return lm.extend(token[None], row, None, prefix, read_filled=True)[0][0]
 
     if prefix is None:
-        vmapped = jax.vmap(one, in_axes=(0, KVCache(0, 0, 0, 0)))
+        vmapped = jax.vmap(one)
         np.testing.assert_allclose(jax.jit(vmapped)(token, cache), full, atol=2e-5)
         jaxpr = str(jax.make_jaxpr(vmapped)(token, cache))
         assert "cond[" in jaxpr  # a batched index would have turned the switch into a select of every branch
