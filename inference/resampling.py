@@ -119,9 +119,9 @@ CHUNKED_GATHER_BYTES = 1 << 24  # a leaf this big is gathered one slice at a tim
 def gather(particles, ancestors: Array):
     """Resampling as a gather of every leaf of the particle pytree along axis 0.
 
-    A big leaf (a KV cache: [N, rows, layers, ...]) is gathered one index of its first axis longer than 1
-    after the particles' at a time (the layers), each slice written back in place, so the gather holds a
-    copy of one layer's caches rather than of all of them. A ``ppl.program.Swarm``'s pool is shared by the
+    A big leaf (a layer's KV cache: [N, rows, kv_heads, ...]) is gathered one index of its first axis longer
+    than 1 after the particles' at a time (the rows, or the heads of a single row), each slice written back in
+    place, so the gather holds a copy of one slice rather than of the whole leaf. A ``ppl.program.Swarm``'s pool is shared by the
     particles and stays as it is.
     """
     if isinstance(particles, Swarm):
