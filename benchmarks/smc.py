@@ -67,7 +67,7 @@ def make_program(steps: int, params: SamplingParams, stops):
 
 
 def broadcast_rows(lm_state: LMState, n: int) -> LMState:
-    """`n` copies of a batch-1 LM state as one batch (the cache's batch axis is 1, after layers)."""
+    """`n` copies of a batch-1 LM state as one batch (every leaf has its rows first)."""
     return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), lm_state)
 
 

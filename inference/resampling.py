@@ -121,8 +121,8 @@ def gather(particles, ancestors: Array):
 
     A big leaf (a layer's KV cache: [N, rows, kv_heads, ...]) is gathered one index of its first axis longer
     than 1 after the particles' at a time (the rows, or the heads of a single row), each slice written back in
-    place, so the gather holds a copy of one slice rather than of the whole leaf. A ``ppl.program.Swarm``'s pool is shared by the
-    particles and stays as it is.
+    place, so the gather holds a copy of one slice rather than of the whole leaf. A ``ppl.program.Swarm``'s
+    pool is shared by the particles and stays as it is.
     """
     if isinstance(particles, Swarm):
         return particles._replace(particles=gather(particles.particles, ancestors))

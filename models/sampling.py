@@ -252,7 +252,7 @@ def _fold_paged(context: PagedContext, batched: PagedContext, size: int, rows: C
         num_pages = pool.positions.shape[1]
         pages = rows(pages, batched.pages).reshape(size, -1, pages.shape[-1])
         pages = (pages + num_pages * jnp.arange(size, dtype=pages.dtype)[:, None, None]).reshape(-1, pages.shape[-1])
-        merged = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), pool._replace(exhausted=None))
+        merged = jax.tree.map(_fold, pool._replace(exhausted=None))
         return PagedContext(merged._replace(exhausted=jnp.any(pool.exhausted)), pages, count)
     return PagedContext(context.pool, rows(pages, batched.pages), count)
 
