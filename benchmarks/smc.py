@@ -37,8 +37,9 @@ import ppl
 from inference import SMC
 from models.llama import Config, num_parameters, random_init
 from models.prm import PRM
-from models.sampling import LMState, SamplingParams, prefill, sample_step, stop_table_from_bytes
+from models.sampling import SamplingParams, prefill, sample_step, stop_table_from_bytes
 from ppl import reasoning
+from ppl.thinksum import repeat_rows
 
 CONFIG = Config(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4,
                 num_heads=4, num_kv_heads=2, head_dim=32)
@@ -66,11 +67,6 @@ def make_program(steps: int, params: SamplingParams, stops):
     return ppl.StateSpaceProgram(init, step, num_steps=steps)
 
 
-def broadcast_rows(lm_state: LMState, n: int) -> LMState:
-    """`n` copies of a batch-1 LM state as one batch (every leaf has its rows first)."""
-    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), lm_state)
-
-
 def timed(fn, *args):
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
@@ -88,7 +84,7 @@ def bench(n: int, steps: int, max_tokens: int, repeats: int, lm, prompt) -> dict
 
     @jax.jit
     def run_plain(key, lm_state, lm):
-        state = broadcast_rows(lm_state, n)
+        state = repeat_rows(lm_state, n)
 
         def body(state, key):
             result = sample_step(lm, key, state, params, stops)

@@ -278,6 +278,7 @@ def _row_sampler(params: SamplingParams):
             return _fold(x if batched else jnp.broadcast_to(x[None], (size, *x.shape)))
 
         state = jax.tree.map(rows, state, state_batched)
+
         def fold_part(part, batched):
             if isinstance(part, PagedContext):
                 return _fold_paged(part, batched, size, rows)
