@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.llama import KVCache, Llama
+from models.llama import KVCache, Llama, most
 from models.loading import (
     LM_PREFIX,
     CheckpointError,
@@ -38,6 +38,8 @@ from models.loading import (
     read_hf_config,
     resolve_checkpoint,
 )
+
+STEP_CHUNK = 64  # tokens of a step a PRM reads at a time, per row (`PRM.read`)
 
 
 class ReLU(nnx.Module):
@@ -56,6 +58,7 @@ class PRM(nnx.Module):
         good_id: int | None = None,
         bad_id: int | None = None,
         score: nnx.Module | None = None,
+        step_chunk: int | None = STEP_CHUNK,
     ):
         if kind not in ("token", "classifier", "value"):
             raise ValueError(f"unknown PRM kind {kind!r}")
@@ -63,6 +66,7 @@ class PRM(nnx.Module):
         self.kind = kind
         self.step_tag_id = step_tag_id
         self.good_id, self.bad_id = good_id, bad_id
+        self.step_chunk = step_chunk
         if score is not None:
             self.score = score
 
@@ -118,18 +122,45 @@ class PRM(nnx.Module):
             mask = jnp.concatenate([mask, jnp.zeros((batch, 1), bool)], axis=1)
             tag_at = (jnp.arange(tokens.shape[1])[None, :] == count[:, None]) & append[:, None]
             tokens = jnp.where(tag_at, self.step_tag_id, tokens)
-            if keep_tag:
-                mask = mask | tag_at
-                count = count + append
-            else:
-                hidden, kept = self.model.hidden_states(tokens, cache, mask, prefix, read_filled=True)
-                tag_hidden, _ = self.model.hidden_states(tokens, cache, mask | tag_at, prefix, read_filled=True)
-                last = jnp.maximum(count - 1 + append, 0)
-                reward = self.rewards_from_hidden(jnp.take_along_axis(tag_hidden, last[:, None, None], axis=1)[:, 0])
-                return reward, kept
-        hidden, cache = self.model.hidden_states(tokens, cache, mask, prefix, read_filled=True)
-        last = jnp.maximum(count - 1, 0)
-        return self.rewards_from_hidden(jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]), cache
+            if not keep_tag:
+                _, kept = self.read(cache, tokens, mask, prefix)
+                tag_hidden, _ = self.read(cache, tokens, mask | tag_at, prefix)
+                return self.rewards_from_hidden(tag_hidden), kept
+            mask = mask | tag_at
+        hidden, cache = self.read(cache, tokens, mask, prefix)
+        return self.rewards_from_hidden(hidden), cache
+
+    def read(
+        self, cache: KVCache, tokens: jax.Array, mask: jax.Array, prefix: KVCache | None = None
+    ) -> tuple[jax.Array, KVCache]:
+        """Append `tokens` [B, T] (valid where `mask`, padding at the end) -> (final hidden state at each row's
+        last valid token [B, C], cache).
+
+        At most `step_chunk` tokens of a row are read at a time, and only as many chunks as the longest row
+        needs (under `vmap`, the longest vmapped row): a step of a real PRM is as many tokens as a prompt, and
+        reading all of it at once for every particle would hold the whole model's activations for all of them.
+        """
+        last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
+        size = self.step_chunk
+        if size is None or tokens.shape[1] <= size:
+            hidden, cache = self.model.hidden_states(tokens, cache, mask, prefix, read_filled=True)
+            return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0], cache
+        pad = -tokens.shape[1] % size
+        tokens, mask = (jnp.pad(x, ((0, 0), (0, pad))) for x in (tokens, mask))
+        needed = most(last // size + 1)
+
+        def read_chunk(carry):
+            i, cache, out = carry
+            part, part_mask = (jax.lax.dynamic_slice_in_dim(x, i * size, size, axis=1) for x in (tokens, mask))
+            hidden, cache = self.model.hidden_states(part, cache, part_mask, prefix, read_filled=True)
+            at = last - i * size
+            here = jnp.take_along_axis(hidden, jnp.clip(at, 0, size - 1)[:, None, None], axis=1)[:, 0]
+            return i + 1, cache, jnp.where(((at >= 0) & (at < size))[:, None], here, out)
+
+        dtype = jnp.result_type(self.model.norm.weight[...], self.model.embed_tokens.embedding[...])  # the norm's
+        out = jnp.zeros((tokens.shape[0], self.model.config.hidden_size), dtype)
+        _, cache, out = jax.lax.while_loop(lambda carry: carry[0] < needed, read_chunk, (0, cache, out))
+        return out, cache
 
 
 def _token_id(tokenizer: Any, text: str) -> int:

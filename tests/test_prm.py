@@ -18,9 +18,11 @@ def golden(name):
     return load_file(CHECKPOINTS / name / "golden.safetensors")
 
 
+@pytest.mark.parametrize("step_chunk", [None, 3])
 @pytest.mark.parametrize("name", ["prm_token", "prm_classifier"])
-def test_step_rewards_match_transformers_whole_and_incremental(name):
+def test_step_rewards_match_transformers_whole_and_incremental(name, step_chunk):
     prm, _ = load_prm(CHECKPOINTS / name)
+    prm.step_chunk = step_chunk  # 3: every step is read a few tokens at a time
     g = golden(name)
     ids = jnp.asarray(g["prm_input_ids"])
     positions = g["prm_step_positions"]
@@ -52,6 +54,24 @@ def test_step_rewards_match_transformers_whole_and_incremental(name):
     np.testing.assert_allclose(read_steps(copied, None, written_tag=True), g["prm_step_probs"], atol=1e-5)
     prefix = jax.jit(lambda p, t: p.start(t, None, prompt_end))(prm, prompt)
     np.testing.assert_allclose(read_steps(prefix.empty(64), prefix), g["prm_step_probs"], atol=1e-5)
+
+
+def test_chunked_step_reading_under_vmap_matches_whole_steps():
+    """Particles (vmapped) whose steps differ in length: reading 3 tokens at a time, as many chunks as the longest
+    step needs, gives every particle the reward and cache of reading its step whole."""
+    prm, _ = load_prm(CHECKPOINTS / "prm_token")
+    row = np.asarray(golden("prm_token")["prm_input_ids"][0])
+    start = jax.jit(lambda p, t: p.start(t, None, 32))(prm, jnp.asarray(row[None, :4]))
+    lengths = np.array([7, 2, 0, 4])
+    steps = np.where(np.arange(9)[None] < lengths[:, None], row[4:13][None], 0)[:, None].astype(np.int32)
+    masks = (np.arange(9)[None] < lengths[:, None])[:, None]
+    score = jax.jit(jax.vmap(lambda p, c, t, m: p.score_step(c, t, m), in_axes=(None, None, 0, 0)))
+    whole_reward, whole_cache = score(prm, start, jnp.asarray(steps), jnp.asarray(masks))
+    prm.step_chunk = 3
+    reward, cache = score(prm, start, jnp.asarray(steps), jnp.asarray(masks))
+    np.testing.assert_allclose(reward[lengths > 0], whole_reward[lengths > 0], atol=1e-6)
+    for got, want in zip(jax.tree.leaves(cache), jax.tree.leaves(whole_cache), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["prm_classifier", "prm_value"])
