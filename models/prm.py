@@ -39,7 +39,7 @@ from models.loading import (
     resolve_checkpoint,
 )
 
-STEP_CHUNK = 64  # tokens of a step a PRM reads at a time, per row (`PRM.read`)
+STEP_CHUNK = 64  # about how many tokens of a step a PRM reads at a time, per row (`PRM.read`)
 
 
 class ReLU(nnx.Module):
@@ -136,16 +136,18 @@ class PRM(nnx.Module):
         """Append `tokens` [B, T] (valid where `mask`, padding at the end) -> (final hidden state at each row's
         last valid token [B, C], cache).
 
-        At most `step_chunk` tokens of a row are read at a time, and only as many chunks as the longest row
-        needs (under `vmap`, the longest vmapped row): a step of a real PRM is as many tokens as a prompt, and
-        reading all of it at once for every particle would hold the whole model's activations for all of them.
+        The T tokens are read in `T // step_chunk` equal chunks (so a step at its cap plus its tag, 257 tokens,
+        is 4 chunks of 65, not 5), and only as many as the longest row needs (under `vmap`, the longest vmapped
+        row): a step of a real PRM is as long as a prompt, and reading all of it at once for every particle
+        would hold the model's activations for all of their tokens.
         """
         last = jnp.maximum(jnp.sum(mask, axis=1) - 1, 0)
-        size = self.step_chunk
-        if size is None or tokens.shape[1] <= size:
+        chunks = 1 if self.step_chunk is None else max(1, tokens.shape[1] // self.step_chunk)
+        if chunks == 1:
             hidden, cache = self.model.hidden_states(tokens, cache, mask, prefix, read_filled=True)
             return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0], cache
-        pad = -tokens.shape[1] % size
+        size = -(-tokens.shape[1] // chunks)
+        pad = chunks * size - tokens.shape[1]
         tokens, mask = (jnp.pad(x, ((0, 0), (0, pad))) for x in (tokens, mask))
         needed = most(last // size + 1)
 
