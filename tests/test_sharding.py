@@ -199,7 +199,8 @@ def test_route_plan_lists_what_each_device_lacks():
 
 def test_model_parallel_weights_give_the_same_answers():
     """`--mesh particles=4,model=2`: the shipped LM's and PRM's heads and MLP units split over 2 devices, the
-    particles over 4: the same traces, weights and answers as one device, for the same key."""
+    particles over 4: the same traces, weights and answers as one device, for the same key (the PRM reading
+    its steps in chunks, as it does real steps)."""
     out = run_on_8_devices(
         """
         import json, jax, numpy as np
@@ -214,7 +215,9 @@ def test_model_parallel_weights_give_the_same_answers():
         mesh = parse_mesh("particles=4,model=2")
         report = {}
         for name, kwargs in (("one", {}), ("mesh", {"mesh": mesh})):
-            solver = Solver(task, *load_models(task), **kwargs)
+            lm, tokenizer, prm = load_models(task)
+            prm.step_chunk = 8  # its steps (20 tokens and a tag) are read in chunks: a loop over sharded caches
+            solver = Solver(task, lm, tokenizer, prm, **kwargs)
             (_, result, _), = solver.runs(problems, SearchSpec("pf", 8))
             report[name] = {"texts": [solver.particle_texts(result, row) for row in range(2)],
                             "log_weights": np.asarray(result.log_weights).tolist()}
