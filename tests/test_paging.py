@@ -85,8 +85,9 @@ def test_commit_reuses_the_pages_no_table_refers_to():
     assert bool(_.exhausted)
 
 
-def run(strategy, threshold, paged, judge="prm", pages=None, seed=3):
+def run(strategy, threshold, paged, judge="prm", pages=None, seed=3, step_chunk=None):
     lm, prm = models()
+    prm.step_chunk = step_chunk
     lm_state, judge_state = reasoning.prefill_prompt(lm, prm, PROMPT, PROMPT.shape[1])
     if judge != "prm":  # a verifier-like judge: no cache, nothing to page
         prm, judge_state = _Parity(), jnp.zeros((1,), jnp.int32)
@@ -121,6 +122,17 @@ def test_paged_caches_run_the_contiguous_particles(name):
     np.testing.assert_allclose(contiguous.log_evidence, paged.log_evidence, atol=1e-4)
     assert np.asarray(paged.resampled).any()
     assert not bool(paged.pool.exhausted)
+
+
+def test_paged_caches_with_a_prm_reading_its_steps_in_chunks():
+    """`ppl solve`'s default for real models: paged caches and a PRM that reads each step in chunks (here 3
+    chunks of 2 tokens) run the particles of the contiguous caches read whole."""
+    whole, chunked = run("systematic", 0.7, False), run("systematic", 0.7, True, step_chunk=2)
+    np.testing.assert_array_equal(whole.particles.steps, chunked.particles.steps)
+    np.testing.assert_array_equal(whole.ancestors, chunked.ancestors)
+    np.testing.assert_allclose(whole.particles.rewards, chunked.particles.rewards, atol=1e-5)
+    np.testing.assert_allclose(whole.log_weights, chunked.log_weights, atol=1e-4)
+    assert np.asarray(chunked.resampled).any()
 
 
 def test_paged_lm_with_a_judge_without_cache():
