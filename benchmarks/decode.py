@@ -13,9 +13,20 @@ repeat (and the median is recorded).
 
 Also measured in the same run: the machine's dense float32 matmul peak (best
 of several jitted 2048^3 products), and the fraction of it our decode reaches
-at 30M batch 64, 2 * params * tokens/s / peak.
+at 30M batch 64, 2 * params * tokens/s / peak; and each row's memory roofline:
+a decode step reads every weight and each row's filled KV cache, so tokens/s can
+be at most batch * copy bandwidth / those bytes (bandwidth measured here too, by
+a jitted elementwise pass over 1 GiB; `roofline_fraction` in each row).
+
+On a GPU (JAX's default backend) torch runs on CUDA too. The GPU check of "The
+engine at real sizes", one command (a 1.5B-shaped Llama: Qwen2.5-1.5B's widths,
+random bf16 weights):
+
+    python benchmarks/decode.py --configs 1.5B --dtype bfloat16 --batches 64,256 --prompt 128 \
+        --new-tokens 128 --repeats 3 --out benchmarks/results/decode_gpu.json
 
     python benchmarks/decode.py [--out benchmarks/results/decode.json] [--repeats 5] [--quick]
+        [--configs 1M,30M] [--dtype float32] [--batches 1,16,64] [--prompt 16] [--new-tokens 64]
 """
 
 from __future__ import annotations
@@ -40,8 +51,10 @@ CONFIGS = {
                  num_heads=4, num_kv_heads=2, head_dim=32),
     "30M": Config(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_layers=8,
                   num_heads=8, num_kv_heads=4, head_dim=64),
+    "1.5B": Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_layers=28, num_heads=12,
+                   num_kv_heads=2, head_dim=128, rms_norm_eps=1e-6, rope_theta=10000.0, tie_embeddings=True,
+                   max_position_embeddings=4096),
 }
-PROMPT, NEW = 16, 64
 TARGETS = {"1M": 3.0, "30M": 1.5}
 PEAK_TARGET = 0.40
 
@@ -62,8 +75,31 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> dict:
             "median_flops_per_s": flops / statistics.median(times)}
 
 
-def torch_model(lm, config: Config):
-    """transformers' LlamaForCausalLM holding exactly `lm`'s weights."""
+def copy_bandwidth(size_bytes: int = 2**30, repeats: int = 10) -> float:
+    """Best bytes/s of a jitted elementwise pass over `size_bytes` (each byte read once and written once)."""
+    x = jnp.ones((size_bytes // 4,), jnp.float32)
+    step = jax.jit(lambda a: a * 1.0001)
+    step(x).block_until_ready()
+    best = min(_timed(lambda: step(x).block_until_ready()) for _ in range(repeats))
+    return 2 * size_bytes / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def roofline_tokens_per_s(config: Config, params: int, itemsize: int, batch: int, prompt: int, new: int,
+                          bandwidth: float) -> float:
+    """Decode tokens/s if every step only read the weights and each row's filled KV cache at `bandwidth`."""
+    kv_per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize
+    step_bytes = params * itemsize + batch * (prompt + new / 2) * kv_per_token
+    return batch * bandwidth / step_bytes
+
+
+def torch_model(lm, config: Config, device: str, dtype):
+    """transformers' LlamaForCausalLM holding exactly `lm`'s weights, on `device` in `dtype`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -73,44 +109,48 @@ def torch_model(lm, config: Config):
         num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
         head_dim=config.head_dim, rms_norm_eps=config.rms_norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-        tie_word_embeddings=False, max_position_embeddings=config.max_position_embeddings,
+        tie_word_embeddings=config.tie_embeddings, max_position_embeddings=config.max_position_embeddings,
         bos_token_id=None, eos_token_id=None, pad_token_id=0,
     )
-    model = LlamaForCausalLM(hf).eval()
-    state = {name: torch.from_numpy(np.array(value)) for name, value in hf_tensors(lm).items()}
+    model = LlamaForCausalLM(hf).eval().to(device=device, dtype=dtype)
+    state = {name: torch.from_numpy(np.asarray(value, np.float32)).to(device=device, dtype=dtype)
+             for name, value in hf_tensors(lm).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if "rotary" not in m]
+    missing = [m for m in missing if "rotary" not in m and not (config.tie_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
         raise RuntimeError(f"weight copy mismatch: missing {missing}, unexpected {unexpected}")
     return model
 
 
 def logits_gap(lm, model, prompt: np.ndarray) -> float:
-    """Max |logit difference| between the two models on `prompt` (same weights => ~1e-5)."""
+    """Max |logit difference| between the two models on `prompt` (same weights => ~1e-5 in float32)."""
     import torch
 
-    ours = np.asarray(jax.jit(lambda m, x: m(x))(lm, jnp.asarray(prompt)))
+    ours = np.asarray(jax.jit(lambda m, x: m(x))(lm, jnp.asarray(prompt)), np.float32)
     with torch.inference_mode():
-        theirs = model(torch.from_numpy(prompt).long()).logits.numpy()
+        theirs = model(torch.from_numpy(prompt).long().to(model.device)).logits.float().cpu().numpy()
     return float(np.abs(ours - theirs).max())
 
 
-def bench_config(name: str, config: Config, batches: list[int], repeats: int) -> list[dict]:
+def bench_config(name: str, config: Config, batches: list[int], repeats: int, dtype, prompt_len: int, new: int,
+                 bandwidth: float) -> list[dict]:
     import torch
 
-    lm = random_init(config, seed=0)
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    lm = random_init(config, seed=0, dtype=dtype)
     params = num_parameters(lm)
-    model = torch_model(lm, config)
+    model = torch_model(lm, config, device, getattr(torch, jnp.dtype(dtype).name))
     rng = np.random.default_rng(0)
-    gap = logits_gap(lm, model, rng.integers(0, config.vocab_size, (2, PROMPT)))
+    gap = logits_gap(lm, model, rng.integers(0, config.vocab_size, (2, prompt_len)))
     stops = stop_table_from_bytes([bytes([i % 256]) for i in range(config.vocab_size)])  # no EOS, no stop strings
-    sampling = SamplingParams(temperature=1.0, max_tokens=NEW)
+    sampling = SamplingParams(temperature=1.0, max_tokens=new)
     run = jax.jit(lambda m, key, tokens: generate(m, key, tokens, None, sampling, stops).tokens)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows = []
     for batch in batches:
-        prompt = rng.integers(0, config.vocab_size, (batch, PROMPT))
+        prompt = rng.integers(0, config.vocab_size, (batch, prompt_len))
         tokens_j = jnp.asarray(prompt, jnp.int32)
-        tokens_t = torch.from_numpy(prompt).long()
+        tokens_t = torch.from_numpy(prompt).long().to(device)
         mask_t = torch.ones_like(tokens_t)
 
         def ours(i, tokens_j=tokens_j):
@@ -121,17 +161,19 @@ def bench_config(name: str, config: Config, batches: list[int], repeats: int) ->
         def theirs(i, tokens_t=tokens_t, mask_t=mask_t):
             torch.manual_seed(i)
             with torch.inference_mode():
-                return model.generate(
-                    tokens_t, attention_mask=mask_t, do_sample=True, max_new_tokens=NEW, min_new_tokens=NEW,
+                out = model.generate(
+                    tokens_t, attention_mask=mask_t, do_sample=True, max_new_tokens=new, min_new_tokens=new,
                     temperature=1.0, top_k=0, top_p=1.0, eos_token_id=None, pad_token_id=0,
                 )
+            sync()
+            return out
 
         t0 = time.perf_counter()
         out = ours(0)  # compile
         compile_s = time.perf_counter() - t0
-        assert out.shape == (batch, NEW) and int((out >= 0).sum()) == batch * NEW
+        assert out.shape == (batch, new) and int((out >= 0).sum()) == batch * new
         out_t = theirs(0)  # warm up
-        assert tuple(out_t.shape) == (batch, PROMPT + NEW), out_t.shape
+        assert tuple(out_t.shape) == (batch, prompt_len + new), out_t.shape
         t_ours, t_theirs = [], []
         for r in range(repeats):
             t0 = time.perf_counter()
@@ -140,10 +182,12 @@ def bench_config(name: str, config: Config, batches: list[int], repeats: int) ->
             t0 = time.perf_counter()
             theirs(r + 1)
             t_theirs.append(time.perf_counter() - t0)
-        tokens = batch * NEW
+        tokens = batch * new
+        roofline = roofline_tokens_per_s(config, params, jnp.dtype(dtype).itemsize, batch, prompt_len, new, bandwidth)
         row = {
-            "config": name, "params": params, "batch": batch, "new_tokens": NEW, "prompt": PROMPT,
-            "logits_max_abs_diff": gap, "compile_s": compile_s,
+            "config": name, "params": params, "batch": batch, "new_tokens": new, "prompt": prompt_len,
+            "dtype": jnp.dtype(dtype).name, "device": f"{jax.default_backend()} / torch {device}",
+            "logits_max_abs_diff": gap, "compile_s": compile_s, "roofline_tok_s": roofline,
             "ours_s": t_ours, "torch_s": t_theirs,
             "ours_tok_s": tokens / min(t_ours), "torch_tok_s": tokens / min(t_theirs),
             "ours_tok_s_median": tokens / statistics.median(t_ours),
@@ -151,9 +195,11 @@ def bench_config(name: str, config: Config, batches: list[int], repeats: int) ->
         }
         row["speedup"] = row["ours_tok_s"] / row["torch_tok_s"]
         row["speedup_median"] = row["ours_tok_s_median"] / row["torch_tok_s_median"]
+        row["roofline_fraction"] = row["ours_tok_s"] / roofline
         rows.append(row)
         print(f"  {name} batch {batch}: ours {row['ours_tok_s']:.0f} tok/s, torch {row['torch_tok_s']:.0f} tok/s, "
-              f"x{row['speedup']:.2f} (compile {compile_s:.1f}s)", flush=True)
+              f"x{row['speedup']:.2f}, {100 * row['roofline_fraction']:.1f}% of the memory roofline "
+              f"(compile {compile_s:.1f}s)", flush=True)
     return rows
 
 
@@ -162,7 +208,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="benchmarks/results/decode.json")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats at 1M (30M uses max(2, repeats // 2))")
     parser.add_argument("--batches", default="1,16,64")
-    parser.add_argument("--quick", action="store_true", help="1M only, 2 repeats (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="the first config only, 2 repeats (smoke test)")
+    parser.add_argument("--configs", default="1M,30M", help=f"of {', '.join(CONFIGS)}")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--prompt", type=int, default=16, help="prompt tokens")
+    parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args(argv)
 
     import torch
@@ -172,10 +222,15 @@ def main(argv=None) -> dict:
     batches = [int(b) for b in args.batches.split(",")]
     start = time.perf_counter()
     peak = matmul_peak()
-    print(f"matmul peak (jax, float32 2048^3): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
-    rows = bench_config("1M", CONFIGS["1M"], batches, 2 if args.quick else args.repeats)
-    if not args.quick:
-        rows += bench_config("30M", CONFIGS["30M"], batches, max(2, args.repeats // 2))
+    bandwidth = copy_bandwidth()
+    print(f"matmul peak (jax, float32 2048^3): {peak['flops_per_s'] / 1e9:.1f} GFLOP/s; copy bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s", flush=True)
+    names = args.configs.split(",")[:1] if args.quick else args.configs.split(",")
+    rows = []
+    for i, name in enumerate(names):
+        repeats = 2 if args.quick else args.repeats if i == 0 else max(2, args.repeats // 2)
+        rows += bench_config(name, CONFIGS[name], batches, repeats, jnp.dtype(args.dtype), args.prompt,
+                             args.new_tokens, bandwidth)
     peak_after = matmul_peak()
     best_peak = max(peak["flops_per_s"], peak_after["flops_per_s"])
 
@@ -197,14 +252,15 @@ def main(argv=None) -> dict:
         "versions": {"jax": jax.__version__, "torch": torch.__version__,
                      "transformers": __import__("transformers").__version__},
         "matmul_peak": {"before": peak, "after": peak_after, "best_flops_per_s": best_peak},
+        "copy_bandwidth_bytes_per_s": bandwidth,
         "rows": rows, "summary": summary, "total_s": time.perf_counter() - start,
     }
     print()
-    print(f"{'config':>6} {'params':>9} {'batch':>5} {'ours tok/s':>11} {'torch tok/s':>12} {'speedup':>8} "
-          f"{'(median)':>8}")
+    print(f"{'config':>6} {'params':>13} {'batch':>5} {'ours tok/s':>11} {'torch tok/s':>12} {'speedup':>8} "
+          f"{'(median)':>8} {'roofline':>9}")
     for r in rows:
-        print(f"{r['config']:>6} {r['params']:>9,} {r['batch']:>5} {r['ours_tok_s']:>11.0f} {r['torch_tok_s']:>12.0f} "
-              f"{r['speedup']:>7.2f}x {r['speedup_median']:>7.2f}x")
+        print(f"{r['config']:>6} {r['params']:>13,} {r['batch']:>5} {r['ours_tok_s']:>11.0f} {r['torch_tok_s']:>12.0f} "
+              f"{r['speedup']:>7.2f}x {r['speedup_median']:>7.2f}x {100 * r['roofline_fraction']:>8.1f}%")
     print(f"matmul peak {best_peak / 1e9:.1f} GFLOP/s")
     for name, s in summary.items():
         if name in TARGETS:
