@@ -12,7 +12,7 @@ Two workloads, each run both ways in one process, same key:
 * Countdown: the shipped LM and learned PRM through the `Solver`, pf at each N, `--problems` held-out
   problems: seconds per problem (compile excluded) and whether every answer and token count agree.
 
-    python benchmarks/paged.py [--particles 16,64,256] [--steps 40] [--step-tokens 16] [--page-size 16]
+    python benchmarks/paged.py [--particles 16,64,256] [--steps 40] [--step-tokens 16] [--page-size 8]
         [--countdown 16,64] [--problems 32] [--out benchmarks/results/paged.json]
 
 Float rounding: paged attention sums the same terms in another order, so a draw that lands within
