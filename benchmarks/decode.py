@@ -55,8 +55,9 @@ CONFIGS = {
                    num_kv_heads=2, head_dim=128, rms_norm_eps=1e-6, rope_theta=10000.0, tie_embeddings=True,
                    max_position_embeddings=4096),
 }
-TARGETS = {"1M": 3.0, "30M": 1.5}
-PEAK_TARGET = 0.40
+TARGETS = {"1M": 3.0, "30M": 3.0, "1.5B": 3.0}  # the issue's: >= 3x transformers at every batch
+PEAK_TARGET = 0.50  # of the matmul peak at 30M batch 64 (CPU)
+ROOFLINE_TARGET = 0.50  # of the memory roofline at 1.5B (GPU)
 
 
 def matmul_peak(size: int = 2048, repeats: int = 10) -> dict:
@@ -239,7 +240,8 @@ def main(argv=None) -> dict:
         sel = [r for r in rows if r["config"] == name]
         if sel:
             summary[name] = {"min_speedup": min(r["speedup"] for r in sel), "target_speedup": TARGETS[name],
-                             "met": min(r["speedup"] for r in sel) >= TARGETS[name]}
+                             "met": min(r["speedup"] for r in sel) >= TARGETS[name],
+                             "min_roofline_fraction": min(r["roofline_fraction"] for r in sel)}
     big = [r for r in rows if r["config"] == "30M" and r["batch"] == max(batches)]
     if big:
         r = big[0]
@@ -265,7 +267,8 @@ def main(argv=None) -> dict:
     for name, s in summary.items():
         if name in TARGETS:
             print(f"{name}: min speedup {s['min_speedup']:.2f}x (target {s['target_speedup']}x) "
-                  f"{'MET' if s['met'] else 'MISSED'}")
+                  f"{'MET' if s['met'] else 'MISSED'}; min {100 * s['min_roofline_fraction']:.1f}% of the memory "
+                  f"roofline" + (f" (target {100 * ROOFLINE_TARGET:.0f}% on a GPU)" if name == "1.5B" else ""))
     if "peak_fraction_30M" in summary:
         s = summary["peak_fraction_30M"]
         print(f"30M batch {s['batch']}: {100 * s['fraction']:.1f}% of matmul peak (target {100 * PEAK_TARGET:.0f}%) "
