@@ -40,7 +40,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from report import write_json
+from report import timed, write_json
 
 from models.llama import Config, num_parameters, random_init
 from models.sampling import SamplingParams, generate, stop_table_from_bytes
@@ -81,14 +81,8 @@ def copy_bandwidth(size_bytes: int = 2**30, repeats: int = 10) -> float:
     x = jnp.ones((size_bytes // 4,), jnp.float32)
     step = jax.jit(lambda a: a * 1.0001)
     step(x).block_until_ready()
-    best = min(_timed(lambda: step(x).block_until_ready()) for _ in range(repeats))
+    best = min(timed(step, x) for _ in range(repeats))
     return 2 * size_bytes / best
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def roofline_tokens_per_s(config: Config, params: int, itemsize: int, batch: int, prompt: int, new: int,

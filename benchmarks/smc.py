@@ -31,7 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from report import write_json
+from report import timed, write_json
 
 import ppl
 from inference import SMC
@@ -65,12 +65,6 @@ def make_program(steps: int, params: SamplingParams, stops):
         return reasoning.observe_prm("prm", prm, trace, form="bernoulli")
 
     return ppl.StateSpaceProgram(init, step, num_steps=steps)
-
-
-def timed(fn, *args):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - t0
 
 
 def bench(n: int, steps: int, max_tokens: int, repeats: int, lm, prompt) -> dict:

@@ -159,7 +159,7 @@ class PRM(nnx.Module):
             here = jnp.take_along_axis(hidden, jnp.clip(at, 0, size - 1)[:, None, None], axis=1)[:, 0]
             return i + 1, cache, jnp.where(((at >= 0) & (at < size))[:, None], here, out)
 
-        dtype = jnp.result_type(self.model.norm.weight[...], self.model.embed_tokens.embedding[...])  # the norm's
+        dtype = jnp.result_type(self.model.norm.weight[...], self.model.embed_tokens.embedding[...])  # norm output
         out = jnp.zeros((tokens.shape[0], self.model.config.hidden_size), dtype)
         _, cache, out = jax.lax.while_loop(lambda carry: carry[0] < needed, read_chunk, (0, cache, out))
         return out, cache
