@@ -26,7 +26,7 @@ A read-only `prefix` cache (a prompt prefilled once) can be shared by many
 rows: with P prefix rows and B = P * G rows, row b also attends to prefix row
 b // G. Particles thus keep only their own tokens in their caches, and the
 prompt's keys and values are stored once. A prefix is anything with `KVCache`'s
-`rows`, `capacity`, `layer(i)` and `next_position()`: `models.paging.PagedContext`
+`rows`, `capacity`, `layer(i)`, `values_layout` and `next_position()`: `models.paging.PagedContext`
 is one, each row's earlier tokens read through its page table from a shared pool.
 """
 
@@ -84,6 +84,8 @@ class KVCache(NamedTuple):
     positions: jax.Array  # [batch, capacity] int32
     length: jax.Array  # [batch] int32: slots used, where the next token goes
 
+    values_layout = "kds"  # a row's values as `layer` returns them, in einsum letters (a prefix's other attribute)
+
     @property
     def capacity(self) -> int:
         return self.positions.shape[1]
@@ -94,7 +96,8 @@ class KVCache(NamedTuple):
 
     def layer(self, index: int) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Layer `index`'s keys [B, K, S, D], values [B, K, D, S] and slot positions [B, S]: what a shared
-        `prefix` answers (as does `models.paging.PagedContext`, a context read through page tables)."""
+        `prefix` answers (as does `models.paging.PagedContext`, a context read through page tables, whose values
+        come out [B, K, S, D]: `values_layout` says which)."""
         return self.k[index], self.v[index], self.positions
 
     def next_position(self) -> jax.Array:
@@ -191,6 +194,26 @@ class RMSNorm(nnx.Module):
         return self.weight[...] * x32.astype(x.dtype)
 
 
+def scores_of(q: jax.Array, keys: jax.Array) -> jax.Array:
+    """Queries [P, R, T, K, G, D] (R rows read each of P key rows) against keys [P, K, S, D]: [P, R, K, G, T, S],
+    float32. One batched product [P, K, M, D] x [P, K, S, D], its operands put in that order first: left to
+    einsum's choice of order, XLA:CPU transposed whole caches around the product (up to 2x slower). Where R or
+    T is 1 (a row's own cache, decoding) the reorderings are free reshapes."""
+    shared, per_row, length, heads, groups, dim = q.shape
+    q = jnp.einsum("prtkgd->pkrgtd", q).reshape(shared, heads, -1, dim)
+    scores = jnp.einsum("pkmd,pksd->pkms", q, keys, preferred_element_type=jnp.float32)
+    return jnp.einsum("pkrgts->prkgts", scores.reshape(shared, heads, per_row, groups, length, -1))
+
+
+def weighted(weights: jax.Array, values: jax.Array, layout: str = "kds", dtype: Any = None) -> jax.Array:
+    """Weights [P, R, K, G, T, S] times values [P, K, D, S] (`layout` "kds"; "ksd": [P, K, S, D]): [P, R, T, K, G,
+    D], ordered as in `scores_of`."""
+    shared, per_row, heads, groups, length, slots = weights.shape
+    weights = jnp.einsum("prkgts->pkrgts", weights).reshape(shared, heads, -1, slots)
+    out = jnp.einsum(f"pkms,p{layout}->pkmd", weights, values, preferred_element_type=dtype)
+    return jnp.einsum("pkrgtd->prtkgd", out.reshape(shared, heads, per_row, groups, length, -1))
+
+
 class Attention(nnx.Module):
     def __init__(self, config: Config, dtype: Any, rngs: nnx.Rngs):
         c = config
@@ -256,18 +279,18 @@ class Attention(nnx.Module):
         batch, length = q.shape[:2]
         groups = c.num_heads // c.num_kv_heads
         q = q.reshape(batch, length, c.num_kv_heads, groups, c.head_dim)
-        scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32)
+        scores = scores_of(q[:, None], keys)[:, 0]
         scores = jnp.where(self._visible(key_positions, positions)[:, None, None], scores, MASK_VALUE)
         parts = prefix_parts(prefix)
         if not parts:
             probs = jax.nn.softmax(scores / math.sqrt(c.head_dim), axis=-1).astype(values.dtype)
-            return jnp.einsum("bkgts,bkds->btkgd", probs, values)
+            return weighted(probs[:, None], values)[:, 0]
 
         read = [self._prefix_part(q, part, layer, positions) for part in parts]
         masked = [jnp.where(visible[:, None, None], part_scores, MASK_VALUE) for part_scores, visible, _ in read]
         both = jnp.concatenate([*masked, scores], axis=-1) / math.sqrt(c.head_dim)
         probs = jax.nn.softmax(both, axis=-1).astype(values.dtype)
-        out = jnp.einsum("bkgts,bkds->btkgd", probs[..., sum(part.capacity for part in parts) :], values)
+        out = weighted(probs[:, None, ..., sum(part.capacity for part in parts) :], values)[:, 0]
         offset = 0
         for part, (_, _, weigh) in zip(parts, read, strict=True):
             out = out + weigh(probs[..., offset : offset + part.capacity])
@@ -278,17 +301,17 @@ class Attention(nnx.Module):
         """`q` [B, T, K, G, D] against a shared prefix (row b reads prefix row b // (B / P)): its scores
         [B, K, G, T, Sp] in float32, which of its slots each query sees [B, T, Sp], and `weigh(w, dtype)`, the
         weights' [B, K, G, T, Sp] product with its values [B, T, K, G, D]."""
-        batch, shared = q.shape[0], prefix.rows
-        by_prefix = lambda a: a.reshape(shared, batch // shared, *a.shape[1:])
-        keys, values, key_positions = prefix.layer(layer)  # [P, K, Sp, D], [P, K, D, Sp], [P, Sp]
-        scores = jnp.einsum("prtkgd,pksd->prkgts", by_prefix(q), keys, preferred_element_type=jnp.float32)
-        visible = self._visible(jnp.repeat(key_positions, batch // shared, axis=0), positions)
+        batch, length, heads, groups, dim = q.shape
+        shared, per_row = prefix.rows, batch // prefix.rows
+        keys, values, key_positions = prefix.layer(layer)  # [P, K, Sp, D], values_layout, [P, Sp]
+        scores = scores_of(q.reshape(shared, per_row, length, heads, groups, dim), keys)
+        visible = self._visible(jnp.repeat(key_positions, per_row, axis=0), positions)
 
         def weigh(weights, dtype=None):
-            out = jnp.einsum("prkgts,pkds->prtkgd", by_prefix(weights), values, preferred_element_type=dtype)
-            return out.reshape(q.shape)
+            weights = weights.reshape(shared, per_row, *weights.shape[1:])
+            return weighted(weights, values, prefix.values_layout, dtype).reshape(q.shape)
 
-        return scores.reshape(batch, *scores.shape[2:]), visible, weigh
+        return scores.reshape(batch, heads, groups, length, -1), visible, weigh
 
     def _attend_blocked(self, q, k_cache, v_cache, layer, filled, key_positions, positions, prefix):
         """`_attend` for a chunk over a long cache, flash-style: the prefix, then `KEY_BLOCK` slots at a time
@@ -324,9 +347,9 @@ class Attention(nnx.Module):
             block_keys = jax.lax.dynamic_slice_in_dim(k_cache, start, KEY_BLOCK, axis=2)
             block_values = jax.lax.dynamic_slice_in_dim(v_cache, start, KEY_BLOCK, axis=3)
             visible = self._visible(jax.lax.dynamic_slice_in_dim(key_positions, start, KEY_BLOCK, axis=1), positions)
-            scores = jnp.einsum("btkgd,bksd->bkgts", q, block_keys, preferred_element_type=jnp.float32)
-            return absorb(carry, scores, visible & fresh, lambda w: jnp.einsum(
-                "bkgts,bkds->btkgd", w, block_values, preferred_element_type=jnp.float32))
+            scores = scores_of(q[:, None], block_keys)[:, 0]
+            return absorb(carry, scores, visible & fresh,
+                          lambda w: weighted(w[:, None], block_values, dtype=jnp.float32)[:, 0])
 
         _, total, out = jax.lax.fori_loop(0, (filled + KEY_BLOCK - 1) // KEY_BLOCK, block, carry)
         total = jnp.moveaxis(jnp.where(total > 0, total, 1.0), 3, 1)  # a query that sees nothing gives zeros

@@ -10,8 +10,10 @@ histogram, recounted at each commit, and the free list is the pages whose count 
 Page 0 is the null page: never written, every slot empty (position -1), the filler of a table's unused
 entries, so that reading a whole table needs no mask beyond the one positions already give.
 
-Layouts follow `KVCache` (keys [.., slot, dim], values [.., dim, slot]) with the page as the leading axis:
-a gather of table rows lays a row's pages out as a cache the attention reads like any other.
+A page holds keys and values alike as [kv_heads, page_size, head_dim], the page the leading axis: one gather
+by (page, head) lays a row's pages out as [heads, slots, dim] with no transpose after it. (`KVCache` keeps values
+[.., dim, slot], which its own in-place reads want; gathered pages in that layout needed a transpose per layer
+and token.)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class PagePool(NamedTuple):
     """Keys, values and positions of every page; page 0 is the null page."""
 
     k: tuple[jax.Array, ...]  # per layer [pages, kv_heads, page_size, head_dim]
-    v: tuple[jax.Array, ...]  # per layer [pages, kv_heads, head_dim, page_size]
+    v: tuple[jax.Array, ...]  # per layer [pages, kv_heads, page_size, head_dim]
     positions: jax.Array  # [pages, page_size] int32, -1 where empty
     exhausted: jax.Array  # [] bool: a commit found fewer free pages than it needed (its writes are lost)
 
@@ -42,9 +44,9 @@ class PagePool(NamedTuple):
 
     @staticmethod
     def zeros(pages: int, page_size: int, layers: int, kv_heads: int, head_dim: int, dtype) -> PagePool:
-        """Every page empty: an empty `KVCache` whose rows are the pages and whose slots are a page's."""
-        empty = KVCache.zeros(layers, pages, page_size, kv_heads, head_dim, dtype)
-        return PagePool(empty.k, empty.v, empty.positions, exhausted=jnp.zeros((), bool))
+        """Every page empty (position -1)."""
+        zeros = lambda: tuple(jnp.zeros((pages, kv_heads, page_size, head_dim), dtype) for _ in range(layers))
+        return PagePool(zeros(), zeros(), jnp.full((pages, page_size), -1, jnp.int32), exhausted=jnp.zeros((), bool))
 
 
 class PageTable(NamedTuple):
@@ -57,8 +59,11 @@ class PageTable(NamedTuple):
 class PagedContext(NamedTuple):
     """Read-only context of each row, through its page table: usable wherever a shared `prefix` cache is.
 
-    It answers the prefix interface of `models.llama`: `rows`, `capacity`, `layer(i)` and `next_position()`.
+    It answers the prefix interface of `models.llama`: `rows`, `capacity`, `layer(i)`, `values_layout` and
+    `next_position()`.
     """
+
+    values_layout = "ksd"  # values come out slot-major, like the keys
 
     pool: PagePool
     pages: jax.Array  # [rows, max_pages] int32
@@ -73,13 +78,11 @@ class PagedContext(NamedTuple):
         return self.pages.shape[1] * self.pool.page_size
 
     def layer(self, index: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Layer `index`'s keys [rows, K, S, D], values [rows, K, D, S] and slot positions [rows, S]."""
-        rows, width = self.pages.shape
-        keys = self.pool.k[index][self.pages]  # [rows, pages, K, P, D]
-        keys = jnp.moveaxis(keys, 1, 2).reshape(rows, keys.shape[2], self.capacity, keys.shape[-1])
-        values = self.pool.v[index][self.pages]  # [rows, pages, K, D, P]
-        values = jnp.moveaxis(values, 1, 3).reshape(rows, values.shape[2], values.shape[3], self.capacity)
-        return keys, values, self.positions()
+        """Layer `index`'s keys and values [rows, K, S, D] and slot positions [rows, S]."""
+        heads, dim = self.pool.k[index].shape[1], self.pool.k[index].shape[-1]
+        at = (self.pages[:, None, :], jnp.arange(heads)[None, :, None])  # [rows, K, pages] -> [.., P, D] each
+        read = lambda pages: pages[at].reshape(self.rows, heads, self.capacity, dim)
+        return read(self.pool.k[index]), read(self.pool.v[index]), self.positions()
 
     def positions(self) -> jax.Array:
         return self.pool.positions[self.pages].reshape(self.rows, self.capacity)
@@ -135,7 +138,7 @@ def commit(pool: PagePool, table: PageTable, buffer: KVCache) -> tuple[PagePool,
                                                                  mode="drop")
     pool = PagePool(
         k=tuple(write(pages, written, 2) for pages, written in zip(pool.k, buffer.k, strict=True)),
-        v=tuple(write(pages, written, 3) for pages, written in zip(pool.v, buffer.v, strict=True)),
+        v=tuple(write(pages, jnp.swapaxes(written, 2, 3), 2) for pages, written in zip(pool.v, buffer.v, strict=True)),
         positions=pool.positions.at[new].set(paged(buffer.positions, 1), mode="drop"),
         exhausted=pool.exhausted | (jnp.sum(need) > available) | jnp.any(table.count + need > table.pages.shape[1]),
     )
