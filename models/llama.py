@@ -200,18 +200,19 @@ def scores_of(q: jax.Array, keys: jax.Array) -> jax.Array:
     einsum's choice of order, XLA:CPU transposed whole caches around the product (up to 2x slower). Where R or
     T is 1 (a row's own cache, decoding) the reorderings are free reshapes."""
     shared, per_row, length, heads, groups, dim = q.shape
-    q = jnp.einsum("prtkgd->pkrgtd", q).reshape(shared, heads, -1, dim)
-    scores = jnp.einsum("pkmd,pksd->pkms", q, keys, preferred_element_type=jnp.float32)
-    return jnp.einsum("pkrgts->prkgts", scores.reshape(shared, heads, per_row, groups, length, -1))
+    q = q.transpose(0, 3, 1, 4, 2, 5).reshape(shared, heads, -1, dim)  # [P, K, (R G T), D]
+    scores = jax.lax.dot_general(q, keys, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32)
+    return scores.reshape(shared, heads, per_row, groups, length, -1).transpose(0, 2, 1, 3, 4, 5)
 
 
 def weighted(weights: jax.Array, values: jax.Array, layout: str = "kds", dtype: Any = None) -> jax.Array:
     """Weights [P, R, K, G, T, S] times values [P, K, D, S] (`layout` "kds"; "ksd": [P, K, S, D]): [P, R, T, K, G,
     D], ordered as in `scores_of`."""
     shared, per_row, heads, groups, length, slots = weights.shape
-    weights = jnp.einsum("prkgts->pkrgts", weights).reshape(shared, heads, -1, slots)
-    out = jnp.einsum(f"pkms,p{layout}->pkmd", weights, values, preferred_element_type=dtype)
-    return jnp.einsum("pkrgtd->prtkgd", out.reshape(shared, heads, per_row, groups, length, -1))
+    weights = weights.transpose(0, 2, 1, 3, 4, 5).reshape(shared, heads, -1, slots)  # [P, K, (R G T), S]
+    slot_axis = {"kds": 3, "ksd": 2}[layout]
+    out = jax.lax.dot_general(weights, values, (((3,), (slot_axis,)), ((0, 1), (0, 1))), preferred_element_type=dtype)
+    return out.reshape(shared, heads, per_row, groups, length, -1).transpose(0, 2, 4, 1, 3, 5)
 
 
 class Attention(nnx.Module):
