@@ -8,7 +8,8 @@ Two workloads, each run both ways in one process, same key:
   peak over steps of distinct pages x page bytes (contiguous: every particle holds its whole budget).
   "moved" is what one resampling gathers: the particles' state, KV caches included (contiguous) or
   page tables and token records (paged), against the contiguous KV caches. Wall time: `SMC.run`,
-  compiled first, best of `--repeats` runs taken in turns (contiguous, paged, contiguous, ...).
+  compiled first, the best of runs taken in turns (contiguous, paged, contiguous, ...): at least
+  `--repeats`, and as many as fill about 20 s per cache.
 * Countdown: the shipped LM and learned PRM through the `Solver`, pf at each N, `--problems` held-out
   problems: seconds per problem (compile excluded) and whether every answer and token count agree.
 
@@ -42,6 +43,7 @@ VOCAB = 64
 CONFIG = Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                 head_dim=16, max_position_embeddings=4096)
 PROMPT = jnp.arange(1, 33, dtype=jnp.int32)[None]  # 32 prompt tokens
+TIMED_SECONDS = 20.0  # long traces: each cache's runs are timed until they add up to this (and --repeats)
 
 
 def nbytes(tree) -> int:
@@ -90,15 +92,17 @@ def long_traces(particles: int, steps: int, step_tokens: int, page_size: int, re
             row["contiguous_kv_bytes"] = nbytes((particles_.lm.cache.k, particles_.lm.cache.v,
                                                  particles_.judge.k, particles_.judge.v))
             row["contiguous_moved_bytes"] = moved
-    # timed in turns, so that a slow spell of the machine falls on both
+    # timed in turns, so that a slow spell of the machine falls on both; short runs repeated until each cache
+    # has had about TIMED_SECONDS (the best of 5 half-second runs still wandered by a tenth)
     seconds: dict = {cache: [] for cache in compiled}
-    for _ in range(repeats):
+    while len(seconds["paged"]) < repeats or sum(seconds["paged"]) < TIMED_SECONDS:
         for cache, run in compiled.items():
             began = time.perf_counter()
             jax.block_until_ready(run(jax.random.key(0), *args))
             seconds[cache].append(time.perf_counter() - began)
     for cache, times in seconds.items():
         row[f"{cache}_seconds"] = min(times)
+    row["timed_runs"] = len(seconds["paged"])
     a, b = runs["contiguous"], runs["paged"]
     row["same_steps"] = bool(np.array_equal(a.particles.steps, b.particles.steps))
     row["same_ancestors"] = bool(np.array_equal(a.ancestors, b.ancestors))
