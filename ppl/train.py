@@ -333,14 +333,16 @@ def class_weights(examples: list[Scored]) -> dict[tuple[str, int], float]:
     return {(task, label): totals[task] / (2 * c) for (task, label), c in counts.items()}
 
 
-def prm_arrays(examples: list[Scored], pad: int, balance: bool = False) -> tuple[np.ndarray, ...]:
+def prm_arrays(
+    examples: list[Scored], pad: int, balance: bool = False, weights: dict[tuple[str, int], float] | None = None
+) -> tuple[np.ndarray, ...]:
     """(ids, attention mask, tag weights, labels) arrays [N, PRM_LEN]; a tag weighs 1, or its class's
-    `class_weights` with `balance`."""
+    `class_weights` with `balance` (those of the examples themselves, or the given `weights`)."""
     n = len(examples)
     ids = np.full((n, PRM_LEN), pad, np.int32)
     tags = np.zeros((n, PRM_LEN), np.float32)
     labels = np.zeros((n, PRM_LEN), np.float32)
-    weights = class_weights(examples) if balance else {}
+    weights = (weights or class_weights(examples)) if balance else {}
     for row, e in enumerate(examples):
         ids[row, : len(e.ids)] = e.ids
         tags[row, e.tags] = [weights.get((e.task, label), 1.0) for label in e.labels]
@@ -359,6 +361,26 @@ def prm_batches(arrays: tuple[np.ndarray, ...], rng: np.random.Generator, batch:
         for start in range(0, n - batch + 1, batch):
             idx = order[start : start + batch]
             yield tuple(a[idx] for a in arrays)
+
+
+def corrupted_batches(
+    tok: Any, rng: np.random.Generator, batch: int, countdown_share: float,
+    weights: dict[tuple[str, int], float] | None = None,
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """Endless PRM batches of fresh corrupted traces (`Training.corrupted`), each of a new problem, a tag
+    weighing its class's `weights` (or 1): a stream that never repeats a trace, so the PRM sees far more
+    slips (and the right steps around them) than a fixed set holds."""
+    while True:
+        problems = mixed(rng, batch, countdown_share)
+        examples = [scored(tok, p, text_steps(tok, p.task.training.corrupted(p.problem, rng)), "stream")
+                    for p in problems]
+        yield prm_arrays([e for e in examples if e is not None], tok.pad_token_id, weights is not None, weights)
+
+
+def joined(*streams: Iterator[tuple[np.ndarray, ...]]) -> Iterator[tuple[np.ndarray, ...]]:
+    """One batch of each stream, concatenated row-wise, at every step."""
+    for parts in zip(*streams, strict=False):  # endless streams
+        yield tuple(np.concatenate(arrays) for arrays in zip(*parts, strict=True))
 
 
 # ---------------------------------------------------------------- evaluation
@@ -419,8 +441,9 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m ppl.train`: the shipped-model recipe, with progress on stderr (see `run`)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if not 0.0 <= args.countdown_share <= 1.0:
-        parser.error(f"--countdown-share must lie in [0, 1], got {args.countdown_share}")
+    for flag in ("countdown_share", "prm_stream_countdown_share"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:
+            parser.error(f"--{flag.replace('_', '-')} must lie in [0, 1], got {getattr(args, flag)}")
     if args.seed == EVAL_SEED:
         parser.error(f"seed {EVAL_SEED} is reserved for evaluation")
     with reporting(args.quiet):
@@ -444,6 +467,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="LM samples of each PRM training problem (on-policy contrast within a problem)")
     parser.add_argument("--prm-balance", action=argparse.BooleanOptionalAction, default=True,
                         help="weigh good and bad steps equally in the PRM's loss (per task)")
+    parser.add_argument("--prm-stream", type=int, default=0,
+                        help="fresh corrupted traces added to every PRM batch (a new problem each; 0: none)")
+    parser.add_argument("--prm-stream-countdown-share", type=float, default=0.0,
+                        help="share of Countdown problems in the --prm-stream traces (the rest arithmetic)")
     parser.add_argument("--prm-other", type=int, default=1000, help="corrupted traces, and as many correct ones")
     parser.add_argument("--eval-problems", type=int, default=200, help="held-out problems per task")
     parser.add_argument("--log-every", type=int, default=100)
@@ -514,6 +541,10 @@ def run(args: argparse.Namespace) -> None:
 
     prm = nnx.merge(graphdef, jax.tree.map(jnp.copy, lm_params))
     batches = prm_batches(prm_arrays(examples, tok.pad_token_id, args.prm_balance), prm_rng, args.prm_batch)
+    if args.prm_stream:
+        weights = class_weights(examples) if args.prm_balance else None
+        stream = corrupted_batches(tok, prm_rng, args.prm_stream, args.prm_stream_countdown_share, weights)
+        batches = joined(batches, stream)
     start = time.time()
     prm, prm_final = train(prm, prm_loss, batches, args.prm_steps, args.prm_lr, args.log_every, "prm")
     prm_time = time.time() - start
@@ -542,8 +573,12 @@ def run(args: argparse.Namespace) -> None:
         "logits of `+` (good) and `-` (bad); input `[<bos>] prompt steps` with the LM's token ids",
         "data": f"{stats}; sampled at temperature 1, {args.prm_per_problem} per problem; each task with "
         "probability 1/2; labels from the oracle `step_labels`"
-        + ("; good and bad steps weigh equally in the loss (per task)" if args.prm_balance else ""),
-        "steps / batch / peak lr": f"{args.prm_steps} / {args.prm_batch} / {args.prm_lr}",
+        + ("; good and bad steps weigh equally in the loss (per task)" if args.prm_balance else "")
+        + (f"; and in every batch {args.prm_stream} fresh corrupted traces, a new problem each "
+           f"({args.prm_steps * args.prm_stream:,} in all; Countdown with probability "
+           f"{args.prm_stream_countdown_share:g}, else arithmetic)" if args.prm_stream else ""),
+        "steps / batch / peak lr": f"{args.prm_steps} / {args.prm_batch}"
+        + (f" + {args.prm_stream} streamed" if args.prm_stream else "") + f" / {args.prm_lr}",
         "loss": "binary cross-entropy of the `+`/`-` logit difference at step tags",
         "final loss (mean of last log window)": f"{prm_final:.4f}",
         "PRM data sampling wall time": f"{data_time / 60:.1f} min",

@@ -7,8 +7,20 @@ import pytest
 
 import ppl.train
 from models.llama import Config, random_init
-from ppl.tasks import countdown
-from ppl.train import Scored, build_tokenizer, lm_batches, lm_loss, main, mixed, prm_arrays, prm_examples, train
+from ppl.tasks import TASKS, countdown
+from ppl.train import (
+    Scored,
+    build_tokenizer,
+    corrupted_batches,
+    joined,
+    lm_batches,
+    lm_loss,
+    main,
+    mixed,
+    prm_arrays,
+    prm_examples,
+    train,
+)
 
 
 @pytest.mark.parametrize("share, task", [(1.0, "countdown"), (0.0, "arithmetic")])
@@ -34,10 +46,11 @@ def test_the_loss_covers_exactly_a_solution_and_eos():
         assert tok.decode(trained[:-1]) == trace and trained[-1] == tok.eos_token_id
 
 
-def test_a_share_outside_zero_one_is_refused(capsys):
+@pytest.mark.parametrize("flag", ["--countdown-share", "--prm-stream-countdown-share"])
+def test_a_share_outside_zero_one_is_refused(capsys, flag):
     with pytest.raises(SystemExit):
-        main(["--countdown-share", "1.5"])
-    assert "--countdown-share must lie in [0, 1]" in capsys.readouterr().err
+        main([flag, "1.5"])
+    assert f"{flag} must lie in [0, 1]" in capsys.readouterr().err
 
 
 def test_training_steps_follow_the_schedule():
@@ -85,3 +98,34 @@ def test_on_policy_data_samples_each_problem_several_times(monkeypatch):
     examples = prm_examples(build_tokenizer(), np.random.default_rng(0), None, None, None, 12, 0, per_problem=4)
     assert examples == [] and len(seen) == 12 and len(set(map(repr, seen))) == 3
     assert all(seen[i] == seen[i - i % 4] for i in range(12))  # each problem's samples side by side
+
+
+def test_the_stream_labels_fresh_corrupted_traces_by_the_oracle():
+    """Every streamed row is a new arithmetic problem (share 0) with a trace whose tags carry the oracle's
+    labels, weighed by the class weights given; two batches share no problem."""
+    tok = build_tokenizer()
+    weights = {("arithmetic", 0): 3.0, ("arithmetic", 1): 0.5}
+    stream = corrupted_batches(tok, np.random.default_rng(0), 16, countdown_share=0.0, weights=weights)
+    prompts, tag_labels = [], []
+    for ids, mask, tags, labels in itertools.islice(stream, 2):
+        assert ids.shape[0] == 16 and set(np.unique(tags[tags > 0])) <= {3.0, 0.5}
+        for row in range(16):
+            text = tok.decode(ids[row][mask[row]], skip_special_tokens=True)
+            prompt, *lines = text.split("\n")[:-1]
+            expr = prompt.removeprefix("arithmetic ")
+            at = np.flatnonzero(tags[row])
+            assert len(at) == len(lines) and all(ids[row][at] == tok.encode("\n")[0])
+            assert labels[row][at].tolist() == TASKS["arithmetic"].training.step_labels(expr, lines)
+            assert tags[row][at].tolist() == [weights["arithmetic", int(x)] for x in labels[row][at]]
+            prompts.append(prompt)
+            tag_labels += labels[row][at].tolist()
+    assert len(set(prompts)) == 32 and 0 < np.mean(tag_labels) < 1  # slips and right steps both
+
+
+def test_joined_batches_stack_one_batch_of_each_stream_per_step():
+    a = iter([(np.zeros((2, 3)), np.ones((2, 3)))] * 2)
+    b = iter([(np.full((1, 3), 7.0), np.full((1, 3), 8.0))] * 2)
+    batches = list(joined(a, b))
+    assert len(batches) == 2
+    first, second = batches[0]
+    assert first.tolist() == [[0.0] * 3, [0.0] * 3, [7.0] * 3] and second.tolist() == [[1.0] * 3, [1.0] * 3, [8.0] * 3]
