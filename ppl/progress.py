@@ -18,9 +18,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 LOGGER = logging.getLogger("ppl")
 
 
-def bar(total: int, desc: str, quiet: bool = False, unit: str = "problem") -> tqdm:
-    """A progress bar on stderr (disabled when `quiet`)."""
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=quiet, dynamic_ncols=True)
+def bar(total: int, desc: str, quiet: bool = False, unit: str = "problem", initial: int = 0) -> tqdm:
+    """A progress bar on stderr (disabled when `quiet`), `initial` of `total` already done."""
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=quiet, dynamic_ncols=True,
+                initial=initial)
 
 
 @contextlib.contextmanager

@@ -53,6 +53,7 @@ from models.sampling import (
 )
 from models.saving import save_pretrained
 from models.tokenizer import train_bpe
+from ppl.errors import InputError
 from ppl.progress import LOGGER, bar, reporting
 from ppl.tasks import EVAL_SEED, TASKS, Task
 
@@ -232,9 +233,14 @@ def train(
     log_every: int,
     name: str,
     on_log: Callable[[int, Llama], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> tuple[Llama, float]:
     """AdamW with linear warmup and cosine decay; returns the model and the mean loss of the last log window.
-    `on_log(step, model)` is called at each log line (e.g. to measure a curve while training)."""
+    `on_log(step, model)` is called at each log line (e.g. to measure a curve while training).
+
+    With `checkpoint` (a safetensors file) the parameters and optimizer state are written there at every
+    log line, and a run that finds one continues from it: the batches it had used are drawn again and
+    skipped, so an interrupted run ends where an uninterrupted one would."""
     warmup = min(200, steps // 10 + 1)
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 0.1)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
@@ -247,9 +253,15 @@ def train(
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    done, mean = 0, float("nan")
+    if checkpoint is not None and checkpoint.exists():
+        (params, opt_state), done, mean = read_checkpoint(checkpoint, (params, opt_state), steps)
+        LOGGER.info(f"[{name}] resuming from {checkpoint} at step {done}/{steps}")
+        for _ in range(done):
+            next(batches)
     start, window = time.time(), []
-    with bar(steps, name, quiet=not LOGGER.isEnabledFor(logging.INFO), unit="step") as progress:
-        for i in range(1, steps + 1):
+    with bar(steps, name, quiet=not LOGGER.isEnabledFor(logging.INFO), unit="step", initial=done) as progress:
+        for i in range(done + 1, steps + 1):
             params, opt_state, loss = step(params, opt_state, *next(batches))
             window.append(loss)
             progress.update()
@@ -258,9 +270,40 @@ def train(
                 progress.set_postfix_str(f"loss {mean:.4f}")
                 LOGGER.info(f"[{name}] step {i}/{steps} loss {mean:.4f} ({time.time() - start:.0f}s)")
                 window = []
+                if checkpoint is not None:
+                    write_checkpoint(checkpoint, (params, opt_state), i, steps, mean)
                 if on_log is not None:
                     on_log(i, nnx.merge(graphdef, params))
     return nnx.merge(graphdef, params), mean
+
+
+def write_checkpoint(path: Path, state: Any, step: int, steps: int, loss: float) -> None:
+    """The leaves of `state` as a safetensors file (written aside, then renamed: never half a file)."""
+    from safetensors.numpy import save_file
+
+    leaves = {str(i): np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(state))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(leaves, str(path.with_suffix(".tmp")), metadata={"step": str(step), "steps": str(steps),
+                                                              "loss": repr(loss)})
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def read_checkpoint(path: Path, like: Any, steps: int) -> tuple[Any, int, float]:
+    """(state shaped as `like`, its step, the loss logged there) from `write_checkpoint`'s file; InputError
+    when it is another run's (other shapes, or another number of steps, which changes the schedule)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "numpy") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    leaves, tree = jax.tree.flatten(like)
+    fits = len(tensors) == len(leaves) and all(
+        tensors[str(i)].shape == np.shape(leaf) for i, leaf in enumerate(leaves)
+    )
+    if not fits or int(meta["steps"]) != steps:
+        raise InputError(f"{path} is a checkpoint of another run (other shapes or not {steps} steps): "
+                         "remove it or use another --checkpoints directory")
+    state = jax.tree.unflatten(tree, [jnp.asarray(tensors[str(i)]) for i in range(len(leaves))])
+    return state, int(meta["step"]), float(meta["loss"])
 
 
 # ---------------------------------------------------------------- PRM data
@@ -447,7 +490,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.seed == EVAL_SEED:
         parser.error(f"seed {EVAL_SEED} is reserved for evaluation")
     with reporting(args.quiet):
-        run(args)
+        try:
+            run(args)
+        except InputError as err:
+            parser.error(str(err))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -474,6 +520,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--prm-other", type=int, default=1000, help="corrupted traces, and as many correct ones")
     parser.add_argument("--eval-problems", type=int, default=200, help="held-out problems per task")
     parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--checkpoints", default=None, help="a directory for the LM's and PRM's training state, "
+                        "written at every log line: the same command run again continues from there")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or log lines on stderr")
     parser.add_argument("--lm", default=None, help="a directory holding the LM these --lm-* flags trained: "
                         "reuse it and train the PRM only (OUT/lm is left as it is)")
@@ -482,7 +530,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     """Train the LM (or reuse `--lm`) and the PRM, evaluate both, write them and their model cards."""
-    flags = {k: v for k, v in vars(args).items() if k not in ("log_every", "lm", "quiet")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("log_every", "lm", "quiet", "checkpoints")}
     command = "python -m ppl.train " + " ".join(
         ("--" if v is not False else "--no-") + k.replace("_", "-") + ("" if isinstance(v, bool) else f" {v}")
         for k, v in flags.items()
@@ -510,6 +558,7 @@ def run(args: argparse.Namespace) -> None:
             args.lm_lr,
             args.log_every,
             "lm",
+            checkpoint=args.checkpoints and Path(args.checkpoints) / "lm.safetensors",
         )
     lm_time = time.time() - start
     graphdef, lm_params = nnx.split(lm)
@@ -546,7 +595,8 @@ def run(args: argparse.Namespace) -> None:
         stream = corrupted_batches(tok, prm_rng, args.prm_stream, args.prm_stream_countdown_share, weights)
         batches = joined(batches, stream)
     start = time.time()
-    prm, prm_final = train(prm, prm_loss, batches, args.prm_steps, args.prm_lr, args.log_every, "prm")
+    prm, prm_final = train(prm, prm_loss, batches, args.prm_steps, args.prm_lr, args.log_every, "prm",
+                           checkpoint=args.checkpoints and Path(args.checkpoints) / "prm.safetensors")
     prm_time = time.time() - start
     eval_examples = []
     for ps in held_out.values():

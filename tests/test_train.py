@@ -7,6 +7,7 @@ import pytest
 
 import ppl.train
 from models.llama import Config, random_init
+from ppl.errors import InputError
 from ppl.tasks import TASKS, countdown
 from ppl.train import (
     Scored,
@@ -85,6 +86,31 @@ def test_balanced_weights_give_each_class_half_of_a_task():
         assert good == pytest.approx(bad) and good + bad == pytest.approx(sum(len(examples[r].tags) for r in which))
     _, _, plain, _ = prm_arrays(examples, pad=0)
     assert set(np.unique(plain)) == {0.0, 1.0}
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_model(tmp_path):
+    """Stopped after step 3 (checkpoint at step 2), the run continues from step 2 on the same batches and
+    ends with exactly the parameters of an uninterrupted run; a checkpoint of another schedule is refused."""
+    tok = build_tokenizer()
+    config = Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                    num_kv_heads=1, head_dim=8, max_position_embeddings=128)
+
+    def batches(stop_after=None):
+        for i, batch in enumerate(lm_batches(tok, np.random.default_rng(0), 4)):
+            if i == stop_after:
+                raise KeyboardInterrupt
+            yield batch
+
+    whole, whole_loss = train(random_init(config, seed=0), lm_loss, batches(), 5, 1e-2, 2, "lm")
+    checkpoint = tmp_path / "lm.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(random_init(config, seed=0), lm_loss, batches(stop_after=3), 5, 1e-2, 2, "lm", checkpoint=checkpoint)
+    resumed, resumed_loss = train(random_init(config, seed=0), lm_loss, batches(), 5, 1e-2, 2, "lm",
+                                  checkpoint=checkpoint)
+    np.testing.assert_array_equal(resumed.lm_head.kernel[...], whole.lm_head.kernel[...])
+    assert resumed_loss == whole_loss
+    with pytest.raises(InputError, match="another run"):
+        train(random_init(config, seed=0), lm_loss, batches(), 6, 1e-2, 2, "lm", checkpoint=checkpoint)
 
 
 def test_on_policy_data_samples_each_problem_several_times(monkeypatch):
