@@ -12,7 +12,13 @@ Math-Shepherd's token convention: at each step's final token ("\\n") the
 reward is softmax over the logits of "+" (good) and "-" (bad), trained with
 binary cross-entropy against the oracle `step_labels`. Its traces are mostly
 the LM's own temperature-1 samples (what it judges at inference time), plus
-corrupted traces and correct solutions.
+corrupted traces and correct solutions; with `--prm-stream K` every batch also
+holds K fresh corrupted traces, a new problem each (a fixed set shows each
+arithmetic fact only a few times).
+
+`--checkpoints DIR` keeps each model's training state there, written at every
+log line: run the same command again after an interruption and it continues
+where it stopped, to the same weights.
 
 Everything is reproducible from `--seed` (NumPy streams for data, fixed JAX
 keys). Training data never uses `EVAL_SEED`, which draws the held-out
@@ -505,7 +511,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lm-lr", type=float, default=3e-3)
     parser.add_argument("--countdown-share", type=float, default=0.6,
                         help="share of Countdown problems in the LM's data (the rest arithmetic; the PRM's stays 1/2)")
-    parser.add_argument("--prm-steps", type=int, default=3000)
+    parser.add_argument("--prm-steps", type=int, default=4500)
     parser.add_argument("--prm-batch", type=int, default=32)
     parser.add_argument("--prm-lr", type=float, default=1e-3)
     parser.add_argument("--prm-sampled", type=int, default=24000, help="LM-sampled PRM training traces")
@@ -513,7 +519,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="LM samples of each PRM training problem (on-policy contrast within a problem)")
     parser.add_argument("--prm-balance", action=argparse.BooleanOptionalAction, default=True,
                         help="weigh good and bad steps equally in the PRM's loss (per task)")
-    parser.add_argument("--prm-stream", type=int, default=0,
+    parser.add_argument("--prm-stream", type=int, default=32,
                         help="fresh corrupted traces added to every PRM batch (a new problem each; 0: none)")
     parser.add_argument("--prm-stream-countdown-share", type=float, default=0.0,
                         help="share of Countdown problems in the --prm-stream traces (the rest arithmetic)")
