@@ -18,8 +18,9 @@ benchmark measures, on the held-out problems (`countdown.generate(1000, n)`):
    first, which it judges by legality alone: what a PRM that cannot judge a first
    step's solvability leaves of `pf`'s edge over `wbon` at 4x the budget;
 3. the learned PRM's AUC at each step of uniformly random legal traces (`--prm-problems`
-   of them), among the traces still solvable before that step: whether it tells a step
-   that keeps the target reachable from a dead end.
+   of them, each step written with the pool it leaves, as the LM writes it), among the
+   traces still solvable before that step: whether it tells a step that keeps the
+   target reachable from a dead end.
 
     python benchmarks/countdown_proposal.py [--problems 200] [--samples 16] [--lm DIR]
                                             [--out benchmarks/results/countdown_proposal.json]
@@ -138,8 +139,8 @@ def prm_step_auc(problems: list[countdown.Problem], rng: np.random.Generator) ->
         for _ in range(STEPS):
             legal = countdown.valid_steps(pool)
             step = legal[int(rng.integers(len(legal)))]
-            lines.append(step.text)
             pool = countdown.apply_step(pool, step)
+            lines.append(countdown.with_pool(step, pool))  # the trace format the PRM was trained on
         examples.append(scored(tokenizer, Drawn(TASKS["countdown"], problem), text_steps(tokenizer, lines), "uniform"))
     probs = prm_probabilities(prm, tokenizer, examples)
     out = []

@@ -78,8 +78,11 @@ def answer_record(
 ) -> dict:
     """The output line of `problem` (row `row` of `result`) read out by `method`'s selection rule:
     the problem's fields plus `steps`, `answer`, `confidence`, `classes` (the top answer classes and
-    their posterior mass), `correct` (unless the problem has no gold), `tokens`, `method` and
-    `truncated` (the chosen trace's last step was cut at its token cap or at the trace's budget).
+    their posterior mass), `correct` (unless the problem has no gold), `tokens`, `method`,
+    `truncated` (the chosen trace's last step was cut at its token cap or at the trace's budget) and,
+    for a filter's run, `resampled`: the steps at which its particles were resampled (0 for independent
+    samples and for a filter whose weights never fell below its ESS threshold; a particle-MCMC chain
+    keeps no genealogy and has no such field).
     `aggregation` overrides the method's PRM aggregation (`last`, `min`, `prod`)."""
     rule, how = SELECTION[method]
     texts = particle_texts(token_bytes, result, row)
@@ -107,6 +110,8 @@ def answer_record(
     last = max(int(trace.num_steps[row, chosen, 0]) - 1, 0)
     record.update(tokens=int(np.sum(result.deterministic["step.length"][row])), method=method,
                   truncated=bool(trace.truncated[row, chosen, 0, last]))
+    if result.resampled.shape[-1]:
+        record["resampled"] = int(np.sum(result.resampled[row]))
     return record
 
 

@@ -61,6 +61,12 @@ def test_countdown_solve_writes_the_contract_fields(tmp_path, capsys, method):
         assert line["tokens"] >= len("".join(line["steps"])) // 4 > 0
         assert 0.0 <= line["confidence"] <= 1.0
         assert line["method"] == method[0] and line["particles"] == 4
+        if method[0] == "pg":  # a particle-MCMC chain keeps no genealogy
+            assert "resampled" not in line
+        else:
+            assert line["resampled"] in range(countdown.NUM_NUMBERS)
+    if method[0] == "pf":  # the exact verifier kills dead ends: some step falls below ESS N/2
+        assert any(line["resampled"] for line in lines)
     assert "accuracy" in capsys.readouterr().out
 
 

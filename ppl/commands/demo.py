@@ -1,7 +1,7 @@
 """`ppl demo`: every search method at several budgets on held-out problems of the shipped tasks.
 
-Prints a table (accuracy, tokens and seconds per problem), writes a JSON of
-all figures, a PNG of accuracy against budget (log x, a line per method,
+Prints a table (accuracy, tokens and seconds per problem; for a filter, the steps at which it resampled),
+writes a JSON of all figures, a PNG of accuracy against budget (log x, a line per method,
 as in Puri et al. 2025's figure 1, with 95% bootstrap intervals over problems)
 and pf's reliability diagram per budget.
 """
@@ -81,6 +81,7 @@ def summarise(records: list[dict]) -> dict:
         "seconds": sum(r["seconds"] for r in records) / n,
         "confidence": sum(confidence) / n,
         "ece": expected_calibration_error(confidence, correct),
+        "resampled": sum(r["resampled"] for r in records) / n if "resampled" in records[0] else None,
         "pairs": [[c, bool(k)] for c, k in zip(confidence, correct, strict=True)],
     }
 
@@ -149,11 +150,13 @@ def run(args: argparse.Namespace) -> int:
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'task':<11}{'method':<11}{'N':>4}{'accuracy':>10}{'95% interval':>15}{'tokens':>9}"
-             f"{'sec/problem':>13}{'ECE':>7}"]
+             f"{'sec/problem':>13}{'ECE':>7}{'resampled':>11}"]
     for r in rows:
         low, high = r["accuracy_95"]
+        resampled = "-" if r["resampled"] is None else f"{r['resampled']:.2f}"
         lines.append(f"{r['task']:<11}{r['method']:<11}{r['budget']:>4}{r['accuracy']:>10.3f}"
-                     f"{f'[{low:.2f}, {high:.2f}]':>15}{r['tokens']:>9.0f}{r['seconds']:>13.3f}{r['ece']:>7.3f}")
+                     f"{f'[{low:.2f}, {high:.2f}]':>15}{r['tokens']:>9.0f}{r['seconds']:>13.3f}{r['ece']:>7.3f}"
+                     f"{resampled:>11}")
     return "\n".join(lines)
 
 
