@@ -13,6 +13,8 @@ best-of-N) next to plain majority voting on the same samples:
   generative   prefix + the LM's next-token loss on correct traces (its arithmetic keeps training)
   stream       classify on fresh corrupted traces only, a new problem each (`ppl.train.corrupted_batches`):
                many more slips and right steps than the fixed set, never one twice
+  mix          classify's batch and as many streamed traces beside it: the shipped PRM's recipe (arithmetic
+               only here; the shipped one also holds Countdown samples), its curve against compute
 
 Data: the shipped LM's temperature-1 samples (`--problems` x 8, labelled by the oracle) and as many
 corrupted traces (`Training.corrupted`), arithmetic only. References, untrained: the shipped PRM, the
@@ -20,7 +22,7 @@ LM's own likelihood of its steps as a score, and simulated PRMs (the exact step 
 noise, at several separations): what within-problem AUC weighting needs to beat voting by 0.05. And what the
 LM's wrong samples get wrong first (a product, a sum, ... or the operands).
 
-    python benchmarks/prm_recipes.py [--recipes classify,prefix,generative,stream] [--steps 1500] [--every 500]
+    python benchmarks/prm_recipes.py [--recipes classify,prefix,generative,stream,mix] [--steps 1500] [--every 500]
                                      [--out benchmarks/results/prm_recipes.json] [--curves EARLIER.json]
 """
 
@@ -48,7 +50,7 @@ from ppl.tasks.countdown import parse_step
 
 DEV_SEED = 2000
 DATA_SEED = 7
-RECIPES = ("classify", "prefix", "generative", "stream")
+RECIPES = ("classify", "prefix", "generative", "stream", "mix")
 PREFIX_WEIGHT = 0.5  # a step token's label weighs this much against a step tag's
 NOISE_SEED = 3
 SEPARATIONS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # of the simulated PRM's good and bad step logits, in noise sds
@@ -201,9 +203,9 @@ def lm_scorer(lm: Any) -> Any:
 
 
 def train_curve(prm: Any, batches: Any, dev: Dev, args: argparse.Namespace, tags: tuple[int, int], name: str,
-                save: Any) -> None:
-    """Train `prm` on `batches` (PRM arrays, then an LM batch or nothing) and `save` the curve of its dev
-    figures every `args.every` steps; training minutes exclude the measuring."""
+                save: Any, rows: int) -> None:
+    """Train `prm` on `batches` (PRM arrays of `rows` rows, then an LM batch or nothing) and `save` the curve
+    of its dev figures every `args.every` steps; training minutes exclude the measuring."""
     good, bad = tags
     curve, began, measuring = [], time.perf_counter(), 0.0
 
@@ -217,7 +219,7 @@ def train_curve(prm: Any, batches: Any, dev: Dev, args: argparse.Namespace, tags
         if step % args.every == 0:
             t = time.perf_counter()
             minutes = (t - began - measuring) / 60
-            curve.append({"steps": step, "batch": args.batch, "train_minutes": minutes,
+            curve.append({"steps": step, "batch": rows, "train_minutes": minutes,
                           **dev.figures(dev.scores(prm_scorer(model, good, bad)))})
             measuring += time.perf_counter() - t
             save(curve)
@@ -277,6 +279,11 @@ def main(argv: list[str] | None = None) -> dict:
     items = [(p, steps) for p, steps in items if steps]
     print(f"data: {len(items)} traces ({time.perf_counter() - began:.0f}s)", flush=True)
 
+    def streamed() -> Any:
+        sample = [recipe.scored(tok, p, recipe.text_steps(tok, task.training.corrupted(p.problem, rng)), "stream")
+                  for p in recipe.draw(task, rng, 2000)]  # its classes' weights
+        return recipe.corrupted_batches(tok, rng, args.batch, 0.0, recipe.class_weights(sample))
+
     for name in recipes:
         def save(curve: list[dict], name: str = name) -> None:
             result["recipes"][name] = curve
@@ -284,15 +291,16 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name} {curve[-1]}", flush=True)
 
         if name == "stream":
-            sample = [recipe.scored(tok, p, recipe.text_steps(tok, task.training.corrupted(p.problem, rng)), name)
-                      for p in recipe.draw(task, rng, 2000)]
-            data_batches = recipe.corrupted_batches(tok, rng, args.batch, 0.0, recipe.class_weights(sample))
+            data_batches = streamed()
         else:
-            data = arrays(tok, items, prefix=name != "classify")
+            data = arrays(tok, items, prefix=name not in ("classify", "mix"))
             lm_data = recipe.lm_batches(tok, rng, args.batch, countdown_share=0.0) if name == "generative" else None
             data_batches = batches(data, rng, args.batch, lm_data)
+            if name == "mix":
+                data_batches = recipe.joined(data_batches, streamed())
         prm = nnx.merge(graphdef, jax.tree.map(jnp.copy, lm_params))
-        train_curve(prm, data_batches, dev, args, (good, bad), name, save)
+        rows = 2 * args.batch if name == "mix" else args.batch
+        train_curve(prm, data_batches, dev, args, (good, bad), name, save, rows)
     result["total_s"] = time.perf_counter() - began
     print(write_json(args.out, result))
     figure(result).savefig(args.out.replace(".json", ".png"), dpi=120)
