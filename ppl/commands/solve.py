@@ -251,6 +251,11 @@ def _solve_and_write(solver: Any, problems: list, spec: Any, seed: int, out: Pat
     graded = [r["correct"] for r in records if "correct" in r]
     answered = sum(r["answer"] is not None for r in records)
     summary = f"accuracy {sum(graded) / len(graded):.3f} on {len(graded)} graded" if graded else "no gold answers"
+    resampled = [r["resampled"] for r in records if "resampled" in r]
+    if spec.method in ("pf", "epf") and resampled:
+        summary += f", resampled at {sum(resampled) / len(resampled):.2f} steps per problem"
+        if not any(resampled):
+            summary += " (never: the weights stayed above the ESS threshold, so this was importance sampling)"
     print(f"{name}: {summary}, {answered}/{len(records)} answered, {sum(r['tokens'] for r in records)} tokens, "
           f"{time.perf_counter() - began:.1f}s (compile {solver.compile_seconds:.1f}s) -> {out}")
     return 0
