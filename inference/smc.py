@@ -298,7 +298,7 @@ class SMC:
         state, init_status = init(self.program, init_key, self.num_particles, *args)
         state = state._replace(particles=self._place(state.particles))
         num_steps = self.program.num_steps
-        propagate = self._propagate(args)
+        propagate = jax.jit(self._propagate(args))  # one trace however often a step calls it (look-ahead drafts)
 
         def body(state: SMCState, xs: tuple[Array, Array]) -> tuple[SMCState, SMCStepInfo]:
             context = StepContext(xs[0], num_steps, self.ess_threshold, state.particles, propagate, self.placement)

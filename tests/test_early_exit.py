@@ -203,12 +203,14 @@ def test_keeping_done_traces_gives_the_run_of_the_engines_select():
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_step_is_traced_once():
-    """Early exit costs no second trace of the step (a real model's step takes seconds to trace): the shape of
-    its per-step records comes from the very trace the loop runs."""
+@pytest.mark.parametrize("name", ["adaptive", "entropic-lookahead"])
+def test_the_step_is_traced_once(name):
+    """A real model's step takes seconds to trace, so it is traced once: early exit takes the shape of its
+    per-step records from the trace the loop runs, and a look-ahead's draft reuses the step's trace."""
     traced = []
     program, args = program_and_args(set())
     step = program.step
     program = ppl.StateSpaceProgram(program.init, lambda *a: (traced.append(1), step(*a))[1], STEPS)
-    jax.jit(SMC(program, N, ess_threshold=0.5).run_unchecked).lower(jax.random.key(0), *args)
+    strategy, threshold = STRATEGIES[name]
+    jax.jit(SMC(program, N, strategy, threshold).run_unchecked).lower(jax.random.key(0), *args)
     assert len(traced) == 1
