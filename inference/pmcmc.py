@@ -196,6 +196,8 @@ class Sweep:
             program.num_steps,
             proposal=(program.proposal_init, program.proposal_step),
         )
+        # One trace of the step for every sweep of a chain, unconditional or conditional (same shapes).
+        self._propagate_batch = jax.jit(self._propagate_batch)
 
     def _initialize(self, keys: Array, args: tuple) -> Slot:
         states, log_w, dets = jax.vmap(lambda k: run_traced(self.recorded.init, self.recorded.proposal_init, k, *args))(

@@ -214,3 +214,14 @@ def test_the_step_is_traced_once(name):
     strategy, threshold = STRATEGIES[name]
     jax.jit(SMC(program, N, strategy, threshold).run_unchecked).lower(jax.random.key(0), *args)
     assert len(traced) == 1
+
+
+def test_particle_gibbs_traces_the_step_once():
+    """A chain's unconditional and conditional sweeps share one trace of the step."""
+    traced = []
+    program, args = program_and_args(set())
+    step = program.step
+    program = ppl.StateSpaceProgram(program.init, lambda *a: (traced.append(1), step(*a))[1], STEPS)
+    kernel = pmcmc.ParticleGibbs(program, N)
+    jax.jit(lambda key: kernel.run_chain(key, 3, *args)).lower(jax.random.key(0))
+    assert len(traced) == 1
