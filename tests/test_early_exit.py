@@ -203,14 +203,19 @@ def test_keeping_done_traces_gives_the_run_of_the_engines_select():
         np.testing.assert_array_equal(a, b)
 
 
+def counting_traces(traced: list):
+    """`program_and_args`' program, its step appending to `traced` each time it is traced."""
+    program, args = program_and_args(set())
+    step = program.step
+    return ppl.StateSpaceProgram(program.init, lambda *a: (traced.append(1), step(*a))[1], STEPS), args
+
+
 @pytest.mark.parametrize("name", ["adaptive", "entropic-lookahead"])
 def test_the_step_is_traced_once(name):
     """A real model's step takes seconds to trace, so it is traced once: early exit takes the shape of its
     per-step records from the trace the loop runs, and a look-ahead's draft reuses the step's trace."""
     traced = []
-    program, args = program_and_args(set())
-    step = program.step
-    program = ppl.StateSpaceProgram(program.init, lambda *a: (traced.append(1), step(*a))[1], STEPS)
+    program, args = counting_traces(traced)
     strategy, threshold = STRATEGIES[name]
     jax.jit(SMC(program, N, strategy, threshold).run_unchecked).lower(jax.random.key(0), *args)
     assert len(traced) == 1
@@ -219,9 +224,7 @@ def test_the_step_is_traced_once(name):
 def test_particle_gibbs_traces_the_step_once():
     """A chain's unconditional and conditional sweeps share one trace of the step."""
     traced = []
-    program, args = program_and_args(set())
-    step = program.step
-    program = ppl.StateSpaceProgram(program.init, lambda *a: (traced.append(1), step(*a))[1], STEPS)
+    program, args = counting_traces(traced)
     kernel = pmcmc.ParticleGibbs(program, N)
     jax.jit(lambda key: kernel.run_chain(key, 3, *args)).lower(jax.random.key(0))
     assert len(traced) == 1
