@@ -374,7 +374,6 @@ def _steps_until_done(
     """
     steps, keys = xs
     num_steps = steps.shape[0]
-    body = jax.jit(body)  # traced once: the shape of its records below, then the loop's call reuses that trace
     info = jax.eval_shape(body, state, (steps[0], keys[0]))[1]
     records = jax.tree.map(lambda leaf: jnp.zeros((num_steps, *leaf.shape), leaf.dtype), info)
 

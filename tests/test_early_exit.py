@@ -212,8 +212,8 @@ def counting_traces(traced: list):
 
 @pytest.mark.parametrize("name", ["adaptive", "entropic-lookahead"])
 def test_the_step_is_traced_once(name):
-    """A real model's step takes seconds to trace, so it is traced once: early exit takes the shape of its
-    per-step records from the trace the loop runs, and a look-ahead's draft reuses the step's trace."""
+    """A real model's step takes seconds to trace, so it is traced once: the early-exit loop's `eval_shape` of
+    its per-step records, the loop itself and a look-ahead's draft share one trace of the propagate."""
     traced = []
     program, args = counting_traces(traced)
     strategy, threshold = STRATEGIES[name]
