@@ -97,6 +97,11 @@ class SearchSpec:
     def particles(self) -> int:
         return 1 if self.method == "greedy" else self.num_particles
 
+    @property
+    def is_filter(self) -> bool:
+        """Whether the method is a particle filter (pf, epf), resampling when the weights' ESS falls."""
+        return self.method in ("pf", "epf")
+
     def sampling(self, params: SamplingParams) -> SamplingParams:
         return dataclasses.replace(params, temperature=0.0) if self.method == "greedy" else params
 

@@ -98,3 +98,32 @@ def test_solve_keeps_the_lines_of_finished_runs_when_a_later_run_fails(tmp_path,
         _solve_and_write(_FailingSolver(error), [0] * 5, SearchSpec("pf", 4), 0, out, "solve", quiet=True)
     assert f"2 of 5 problems' lines kept in {out}" in str(raised.value)
     assert [json.loads(line)["answer"] for line in out.read_text().splitlines()] == [1, 1]
+
+
+class _FixedSolver:
+    """A solver whose one run returns `records` (so the summary line can be read without a model)."""
+
+    compile_seconds = 0.0
+
+    def __init__(self, records):
+        self._records = records
+
+    def records(self, problems, spec, methods, seed=0):
+        yield {spec.method: self._records}
+
+
+@pytest.mark.parametrize(("method", "resampled", "says"), [
+    ("pf", [2, 1], "resampled at 1.50 steps per problem,"),
+    ("epf", [0, 0], "resampled at 0.00 steps per problem (never: "),
+    ("bon", [0, 0], None),  # independent samples: never resampling is not news
+])
+def test_solve_summary_counts_a_filters_resampling_steps(tmp_path, capsys, method, resampled, says):
+    from ppl.commands.solve import _solve_and_write
+    from ppl.search import SearchSpec
+
+    records = [{"answer": 1, "tokens": 3, "correct": correct, "resampled": count}
+               for correct, count in zip([True, False], resampled, strict=True)]
+    _solve_and_write(_FixedSolver(records), [0, 0], SearchSpec(method, 4), 0, tmp_path / "o.jsonl", "solve", True)
+    summary = capsys.readouterr().out
+    assert "accuracy 0.500 on 2 graded" in summary
+    assert (says in summary) if says else "resampled" not in summary

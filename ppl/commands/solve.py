@@ -252,7 +252,7 @@ def _solve_and_write(solver: Any, problems: list, spec: Any, seed: int, out: Pat
     answered = sum(r["answer"] is not None for r in records)
     summary = f"accuracy {sum(graded) / len(graded):.3f} on {len(graded)} graded" if graded else "no gold answers"
     resampled = [r["resampled"] for r in records if "resampled" in r]
-    if spec.method in ("pf", "epf") and resampled:
+    if spec.is_filter and resampled:
         summary += f", resampled at {sum(resampled) / len(resampled):.2f} steps per problem"
         if not any(resampled):
             summary += " (never: the weights stayed above the ESS threshold, so this was importance sampling)"
