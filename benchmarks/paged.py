@@ -10,11 +10,14 @@ Two workloads, each run both ways in one process, same key:
   page tables and token records (paged), against the contiguous KV caches. Wall time: `SMC.run`,
   compiled first, the best of runs taken in turns (contiguous, paged, contiguous, ...): at least
   `--repeats`, and as many as fill about 20 s per cache.
+* particle Gibbs on the long traces: a chain of `--pg-sweeps` sweeps of P particles (`--pg`), whose
+  sweeps record every step's particles: the compiled chain's memory by XLA's accounting (arguments,
+  outputs and temporaries) and wall time (best of runs in turns), and whether the references agree.
 * Countdown: the shipped LM and learned PRM through the `Solver`, pf at each N, `--problems` held-out
   problems: seconds per problem (compile excluded) and whether every answer and token count agree.
 
     python benchmarks/paged.py [--particles 16,64,256] [--steps 40] [--step-tokens 16] [--page-size 8]
-        [--countdown 16,64] [--problems 32] [--out benchmarks/results/paged.json]
+        [--pg 4,16] [--pg-sweeps 4] [--countdown 16,64] [--problems 32] [--out benchmarks/results/paged.json]
 
 Float rounding: paged attention sums the same terms in another order, so a draw that lands within
 rounding of a token boundary can differ; "agree to step" is the first step of the step-by-step runs
@@ -31,13 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 from report import write_json
 
-from inference import SMC, smc
+from inference import SMC, ParticleGibbs, smc
 from models import paging
 from models.llama import Config, random_init
 from models.prm import PRM
 from models.sampling import SamplingParams, stop_table_from_bytes
 from ppl import reasoning
 from ppl.search import reasoning_program
+from ppl.solver import peak_bytes
 
 VOCAB = 64
 CONFIG = Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -50,14 +54,32 @@ def nbytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def long_traces(particles: int, steps: int, step_tokens: int, page_size: int, repeats: int) -> dict:
+def long_trace_models(step_tokens: int) -> tuple:
+    """(sampling params, stop table, program arguments) of the long-trace workload."""
     lm = random_init(CONFIG, seed=1, scale=0.3)
     prm = PRM(random_init(CONFIG, seed=2, scale=0.3), "token", step_tag_id=0, good_id=1, bad_id=2)
     # token 0 is "\n", the step delimiter: about one token in 64, so most steps run to their cap
     stops = stop_table_from_bytes([b"\n"] + [bytes([33 + i]) for i in range(VOCAB - 1)], stop_strings=("\n",))
     params = SamplingParams(temperature=1.0, max_tokens=step_tokens)
     lm_state, judge = reasoning.prefill_prompt(lm, prm, PROMPT, PROMPT.shape[1])
-    args = (lm_state, judge, lm, prm)
+    return params, stops, (lm_state, judge, lm, prm)
+
+
+def timed_in_turns(compiled: dict, args: tuple, repeats: int) -> dict:
+    """Best seconds of each compiled run, taken in turns so that a slow spell of the machine falls on all;
+    short runs repeated until each has had about TIMED_SECONDS (the best of 5 half-second runs still wandered
+    by a tenth)."""
+    seconds: dict = {name: [] for name in compiled}
+    while min(len(t) for t in seconds.values()) < repeats or min(sum(t) for t in seconds.values()) < TIMED_SECONDS:
+        for name, run in compiled.items():
+            began = time.perf_counter()
+            jax.block_until_ready(run(jax.random.key(0), *args))
+            seconds[name].append(time.perf_counter() - began)
+    return {name: min(times) for name, times in seconds.items()} | {"timed_runs": len(seconds["paged"])}
+
+
+def long_traces(particles: int, steps: int, step_tokens: int, page_size: int, repeats: int) -> dict:
+    params, stops, args = long_trace_models(step_tokens)
     row: dict = {"particles": particles, "steps": steps, "step_tokens": step_tokens, "page_size": page_size}
     runs, written, compiled = {}, {}, {}
     for cache in ("contiguous", "paged"):
@@ -92,17 +114,8 @@ def long_traces(particles: int, steps: int, step_tokens: int, page_size: int, re
             row["contiguous_kv_bytes"] = nbytes((particles_.lm.cache.k, particles_.lm.cache.v,
                                                  particles_.judge.k, particles_.judge.v))
             row["contiguous_moved_bytes"] = moved
-    # timed in turns, so that a slow spell of the machine falls on both; short runs repeated until each cache
-    # has had about TIMED_SECONDS (the best of 5 half-second runs still wandered by a tenth)
-    seconds: dict = {cache: [] for cache in compiled}
-    while len(seconds["paged"]) < repeats or sum(seconds["paged"]) < TIMED_SECONDS:
-        for cache, run in compiled.items():
-            began = time.perf_counter()
-            jax.block_until_ready(run(jax.random.key(0), *args))
-            seconds[cache].append(time.perf_counter() - began)
-    for cache, times in seconds.items():
-        row[f"{cache}_seconds"] = min(times)
-    row["timed_runs"] = len(seconds["paged"])
+    best = timed_in_turns(compiled, args, repeats)
+    row |= {"contiguous_seconds": best["contiguous"], "paged_seconds": best["paged"], "timed_runs": best["timed_runs"]}
     a, b = runs["contiguous"], runs["paged"]
     row["same_steps"] = bool(np.array_equal(a.particles.steps, b.particles.steps))
     row["same_ancestors"] = bool(np.array_equal(a.ancestors, b.ancestors))
@@ -114,6 +127,27 @@ def long_traces(particles: int, steps: int, step_tokens: int, page_size: int, re
     row["kv_alive_fraction"] = row["kv_alive_peak_bytes"] / row["contiguous_kv_bytes"]
     row["moved_fraction_of_kv"] = row["paged_moved_bytes"] / row["contiguous_kv_bytes"]
     row["kv_moved_fraction"] = nbytes(b.particles.pages) / row["contiguous_kv_bytes"]
+    row["slowdown"] = row["paged_seconds"] / row["contiguous_seconds"]
+    return row
+
+
+def particle_gibbs(per_sweep: int, sweeps: int, steps: int, step_tokens: int, page_size: int, repeats: int) -> dict:
+    params, stops, args = long_trace_models(step_tokens)
+    row: dict = {"per_sweep": per_sweep, "sweeps": sweeps, "steps": steps, "step_tokens": step_tokens}
+    compiled, chains = {}, {}
+    for cache in ("contiguous", "paged"):
+        pager = reasoning.Paging(steps, step_tokens, None, page_size) if cache == "paged" else None
+        kernel = ParticleGibbs(reasoning_program(params, stops, steps, paging=pager), per_sweep)
+        chain = jax.jit(lambda key, *args, kernel=kernel: kernel.run_chain(key, sweeps, *args))
+        compiled[cache] = chain.lower(jax.random.key(0), *args).compile()
+        row[f"{cache}_bytes"] = peak_bytes(compiled[cache])
+        chains[cache] = jax.block_until_ready(compiled[cache](jax.random.key(0), *args))
+    best = timed_in_turns(compiled, args, repeats)
+    row |= {"contiguous_seconds": best["contiguous"], "paged_seconds": best["paged"], "timed_runs": best["timed_runs"]}
+    a, b = chains["contiguous"], chains["paged"]
+    row["same_references"] = bool(np.array_equal(a.particles.steps, b.particles.steps))
+    row["reference_steps"] = np.asarray(a.particles.num_steps).ravel().tolist()
+    row["memory_ratio"] = row["paged_bytes"] / row["contiguous_bytes"]
     row["slowdown"] = row["paged_seconds"] / row["contiguous_seconds"]
     return row
 
@@ -157,6 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--step-tokens", type=int, default=16)
     parser.add_argument("--page-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pg", default="4,16", help="particle-Gibbs particles per sweep ('' to skip)")
+    parser.add_argument("--pg-sweeps", type=int, default=4)
     parser.add_argument("--countdown", default="16,64", help="pf budgets on Countdown ('' to skip)")
     parser.add_argument("--problems", type=int, default=32)
     parser.add_argument("--out", default="benchmarks/results/paged.json")
@@ -166,8 +202,13 @@ def main(argv: list[str] | None = None) -> dict:
     for n in (int(x) for x in args.particles.split(",") if x):
         long_rows.append(long_traces(n, args.steps, args.step_tokens, args.page_size, args.repeats))
         print(long_rows[-1], flush=True)
+    pg_rows = []
+    for n in (int(x) for x in args.pg.split(",") if x):
+        pg_rows.append(particle_gibbs(n, args.pg_sweeps, args.steps, args.step_tokens, args.page_size, args.repeats))
+        print(pg_rows[-1], flush=True)
     countdown_rows = countdown([int(x) for x in args.countdown.split(",") if x], args.problems)
-    result = {"long_traces": long_rows, "countdown": countdown_rows, "seconds_total": time.perf_counter() - began,
+    result = {"long_traces": long_rows, "particle_gibbs": pg_rows, "countdown": countdown_rows,
+              "seconds_total": time.perf_counter() - began,
               "device": str(jax.devices()[0].device_kind), "command": "python benchmarks/paged.py "
               + " ".join(argv or __import__("sys").argv[1:])}
     gib = 2**20
@@ -179,6 +220,14 @@ def main(argv: list[str] | None = None) -> dict:
               f"{100 * r['kv_alive_fraction']:>9.1f}{100 * r['moved_fraction_of_kv']:>9.2f}"
               f"{100 * r['kv_moved_fraction']:>11.3f}{r['contiguous_seconds']:>10.2f}{r['paged_seconds']:>9.2f}"
               f"{r['slowdown']:>7.2f}{r['agree_to_step']:>10} of {r['steps']}")
+    if pg_rows:
+        print(f"\nparticle Gibbs, {args.pg_sweeps} sweeps of P particles (same traces; compiled memory MiB)")
+        print(f"{'P':>5}{'contig MiB':>12}{'paged MiB':>11}{'ratio':>7}{'contig s':>10}{'paged s':>9}{'ratio':>7}"
+              f"{'same refs':>11}")
+        for r in pg_rows:
+            print(f"{r['per_sweep']:>5}{r['contiguous_bytes'] / gib:>12.1f}{r['paged_bytes'] / gib:>11.1f}"
+                  f"{r['memory_ratio']:>7.2f}{r['contiguous_seconds']:>10.2f}{r['paged_seconds']:>9.2f}"
+                  f"{r['slowdown']:>7.2f}{str(r['same_references']):>11}")
     if countdown_rows:
         print(f"\nCountdown pf, shipped pair ({args.problems} problems; seconds per problem)")
         print(f"{'N':>5}{'contiguous':>12}{'paged':>9}{'ratio':>7}{'same answers':>14}{'accuracy':>10}")

@@ -59,7 +59,7 @@ from numpyro.util import is_prng_key
 from inference import resampling
 from inference.resampling import Resampler, adaptive_resampler
 from inference.smc import SMCState, _done_flags, _steps_until_done, init_state, smc_step
-from ppl.program import StateSpaceProgram, done_flag, run_traced, site_log_prob
+from ppl.program import StateSpaceProgram, Swarm, done_flag, particles_of, site_log_prob
 
 Array = jax.Array
 
@@ -88,10 +88,12 @@ class Slot(NamedTuple):
 
 
 class Reference(NamedTuple):
-    """A trajectory: its init ``Slot`` and its per-step ``Slot`` (leading axis T)."""
+    """A trajectory: its init ``Slot`` and its per-step ``Slot`` (leading axis T); for a program with a
+    ``ppl.program.Pool``, the pool its states live in (e.g. a paged trace's pages), None otherwise."""
 
     init: Slot
     steps: Slot
+    pool: Any = None
 
     @property
     def log_likelihood(self) -> Array:
@@ -117,26 +119,28 @@ class Reference(NamedTuple):
                 log_likelihood=ratio * slot.log_likelihood,
             )
 
-        return Reference(scale(self.init), scale(self.steps))
+        return self._replace(init=scale(self.init), steps=scale(self.steps))
 
 
 class ChainResult(NamedTuple):
     """A chain's draws as a weighted particle set for answer aggregation: ``particles`` are the
     final states of the K references (leading axis K), ``log_weights`` uniform, ``deterministic``
-    the deterministic sites of every sweep [K, T, N, ...] (e.g. token counts)."""
+    the deterministic sites of every sweep [K, T, N, ...] (e.g. token counts), ``pool`` the program's
+    pool after the last sweep (None without one; only the last reference's state is still in it)."""
 
     particles: Any
     log_weights: Array
     deterministic: dict
+    pool: Any = None
 
 
 def _recording(fn, is_step: bool):
     """``fn`` that also emits, as deterministic sites, its summed observed/factor log-density,
     its summed log-density over all sample sites, and its latent site values (0 when done)."""
 
-    def wrapped(*args):
+    def wrapped(*args, **kwargs):  # kwargs: a program's ``pool=``
         with handlers.trace() as tr:
-            value = fn(*args)
+            value = fn(*args, **kwargs)
         sites = [s for s in tr.values() if s["type"] == "sample"]
         loglik = sum((site_log_prob(s) for s in sites if s["is_observed"]), jnp.zeros(()))
         logjoint = sum((site_log_prob(s) for s in sites), jnp.zeros(()))
@@ -174,6 +178,13 @@ class Sweep:
 
     ``run(key, reference, *args) -> (Reference, log_evidence, user deterministic [T, N, ...])``;
     ``reference=None`` is an unconditional run with ``resampler``.
+
+    A program with a ``ppl.program.Pool`` (paged KV caches) records each step's particles as they
+    stand outside the pool (page tables, not keys and values). A sweep's pool holds room for N + 1
+    particles: a conditional sweep continues in its reference's pool and keeps the reference's
+    pages taken (``keep``) while its particles write theirs; slot 0, set to the reference's state at
+    each step, reads the reference's pages, a prefix of its final state's, since a particle's
+    descendants extend its page table.
     """
 
     def __init__(
@@ -183,8 +194,8 @@ class Sweep:
         ancestor_sampling: bool = False,
         resampler: Resampler | None = None,
     ):
-        if program.pool is not None:
-            raise ValueError("particle MCMC records every step's particles, which a program's pool does not "
+        if program.pool is not None and ancestor_sampling:
+            raise ValueError("ancestor sampling replays particles' states, which a program's pool does not "
                              "follow: run it without one (e.g. cache='contiguous')")
         self.program = program
         self.num_particles = int(num_particles)
@@ -195,19 +206,20 @@ class Sweep:
             _recording(program.step, True),
             program.num_steps,
             proposal=(program.proposal_init, program.proposal_step),
+            keeps_done=program.keeps_done,
+            pool=program.pool,
         )
         # One trace of the step for every sweep of a chain, unconditional or conditional (same shapes).
         self._propagate_batch = jax.jit(self._propagate_batch)
 
-    def _initialize(self, keys: Array, args: tuple) -> Slot:
-        states, log_w, dets = jax.vmap(lambda k: run_traced(self.recorded.init, self.recorded.proposal_init, k, *args))(
-            keys
-        )
-        loglik, _, sites, _ = _split_dets(dets)
-        return Slot(states, log_w, loglik, sites)
+    def _initialize(self, keys: Array, args: tuple, pool: Any) -> Slot:
+        out = jax.vmap(lambda k: self.recorded.initialize_traced(k, *args, pool=pool))(keys)
+        loglik, _, sites, _ = _split_dets(out.deterministic)
+        return Slot(out.state, out.log_weight, loglik, sites)
 
-    def _propagate_batch(self, keys: Array, particles: Any, t: Array, args: tuple) -> tuple[Slot, dict]:
-        out = self.recorded.propagate_batch(keys, particles, t, *args)
+    def _propagate_batch(self, keys: Array, particles: Any, t: Array, args: tuple, keep: Any) -> tuple[Slot, dict]:
+        """The step's particles (with a pool: a ``Swarm``, its pool keeping ``keep``'s pages) as a ``Slot``."""
+        out = self.recorded.propagate_batch(keys, particles, t, *args, keep=keep)
         loglik, _, sites, user = _split_dets(out.deterministic)
         return Slot(out.state, out.log_weight, loglik, sites), user
 
@@ -246,20 +258,26 @@ class Sweep:
     def run(self, key: Array, reference: Reference | None, *args) -> tuple[Reference, Array, dict]:
         n, num_steps = self.num_particles, self.program.num_steps
         init_key, scan_key, pick_key = jax.random.split(key, 3)
-        init = self._initialize(jax.random.split(init_key, n), args)
+        pool, keep = None, None
+        if self.program.pool is not None:
+            pool = self.program.pool.init(n + 1, *args) if reference is None else reference.pool
+            keep = None if reference is None else jax.tree.map(lambda x: x[-1:], reference.steps.state)
+        init = self._initialize(jax.random.split(init_key, n), args, pool)
         if reference is not None:
             init = _put(init, reference.init)
-        carry, _ = init_state(init.state, init.log_weight)
+        carry, _ = init_state(init.state if pool is None else Swarm(init.state, pool), init.log_weight)
 
         def propagate(keys: Array, particles: Any, t: Array) -> tuple[Any, Array, Any]:
-            slots, user = self._propagate_batch(keys, particles, t, args)
+            slots, user = self._propagate_batch(keys, particles, t, args, keep)
+            swarm, slots = slots.state, slots._replace(state=particles_of(slots.state))
             if reference is not None:
                 if self.ancestor_sampling:
                     mine, _ = self.replay(keys[0], _take(particles, 0), t, _take(reference.steps.sites, t), args)
                 else:
                     mine = _take(reference.steps, t)
                 slots = _put(slots, mine)
-            return slots.state, slots.log_weight, (slots, user)
+            state = slots.state if pool is None else Swarm(slots.state, swarm.pool)
+            return state, slots.log_weight, (slots, user)
 
         def body(carry: SMCState, xs: tuple[Array, Array]):
             resampler = self.resampler
@@ -274,6 +292,7 @@ class Sweep:
         else:
             carry, info = jax.lax.scan(body, carry, xs)
         slots, user = info.record
+        final = particles_of(carry.particles)
         chosen = resampling.multinomial(pick_key, carry.log_weights, 1)[0]
 
         def back(index: Array, t: Array) -> tuple[Array, Array]:
@@ -285,9 +304,10 @@ class Sweep:
             settled = jnp.arange(num_steps) >= exit_step
             steps = steps._replace(state=jax.tree.map(
                 lambda x, last: jnp.where(settled.reshape(-1, *[1] * (x.ndim - 1)), last[None], x),
-                steps.state, _take(carry.particles, chosen),
+                steps.state, _take(final, chosen),
             ))
-        return Reference(_take(init, origin), steps), carry.log_evidence, user
+        pool = None if pool is None else carry.particles.pool
+        return Reference(_take(init, origin), steps, pool), carry.log_evidence, user
 
     def _settler(self, reference: Reference | None, args: tuple):
         """The step once every particle (the reference's included) is done: its increments, likelihoods
@@ -406,16 +426,16 @@ class ParticleGibbs(_ParticleKernel):
         """A pure, vmappable chain: one unconditional sweep then ``num_iterations - 1``
         conditional ones; the final state of each iteration's reference, uniformly weighted."""
         init_key, key = jax.random.split(rng_key)
+        final = lambda reference: jax.tree.map(lambda x: x[-1], reference.steps.state)  # (not its pool)
         first, _, first_user = self.sweep.run(init_key, None, *args)
 
         def iterate(reference: Reference, k: Array):
             reference, _, user = self.sweep.run(k, reference, *args)
-            return reference, (reference, user)
+            return reference, (final(reference), user)
 
-        _, (references, users) = jax.lax.scan(iterate, first, jax.random.split(key, num_iterations - 1))
-        every = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), (first, first_user), (references, users))
-        finals = jax.tree.map(lambda x: x[:, -1], every[0].steps.state)
-        return ChainResult(finals, jnp.full(num_iterations, -jnp.log(num_iterations)), every[1])
+        last, later = jax.lax.scan(iterate, first, jax.random.split(key, num_iterations - 1))
+        finals, users = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), (final(first), first_user), later)
+        return ChainResult(finals, jnp.full(num_iterations, -jnp.log(num_iterations)), users, last.pool)
 
 
 class IPGState(NamedTuple):

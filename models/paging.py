@@ -107,17 +107,21 @@ def references(pool: PagePool, tables: jax.Array) -> jax.Array:
     return jnp.zeros((pool.num_pages,), jnp.int32).at[tables.reshape(-1)].add(1)
 
 
-def commit(pool: PagePool, table: PageTable, buffer: KVCache) -> tuple[PagePool, PageTable]:
+def commit(
+    pool: PagePool, table: PageTable, buffer: KVCache, kept: jax.Array | None = None
+) -> tuple[PagePool, PageTable]:
     """Move each row's buffered tokens (its `buffer` slots [0, length)) to fresh pages at the end of its table.
 
-    The pages no table refers to are free; rows take them in order. When there are too few, the pool is
-    marked `exhausted` and the rows that found none keep their table (their tokens are lost): callers
+    The pages no table refers to are free (`kept`: further tables [rows', max_pages], e.g. of a trace that is
+    no row's but is read later, whose pages stay taken); rows take them in order. When there are too few, the
+    pool is marked `exhausted` and the rows that found none keep their table (their tokens are lost): callers
     must check the flag and not read the run's results.
     """
     size, rows = pool.page_size, table.pages.shape[0]
     per_row = pages_for(buffer.capacity, size)
     need = pages_for(buffer.length, size)  # [rows]
-    free = references(pool, table.pages) == 0
+    taken = table.pages if kept is None else jnp.concatenate([table.pages.reshape(-1), kept.reshape(-1)])
+    free = references(pool, taken) == 0
     free = free.at[0].set(False)
     available = jnp.sum(free)
     free_pages = jnp.nonzero(free, size=pool.num_pages, fill_value=pool.num_pages)[0]

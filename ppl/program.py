@@ -118,14 +118,15 @@ class Pool(Protocol):
     """State shared by every particle of a run, not resampled with them (e.g. pages of KV cache).
 
     ``init(num_particles, *args)`` builds it before the particles; ``init`` and ``step`` get it as
-    the keyword ``pool=``; after each step ``commit(pool, particles)`` (the whole batch, leading
-    axis N) moves what the step left in the particles into it; ``check(pool)`` raises, host-side,
-    when the run's results cannot be trusted (e.g. the pool ran out of room).
+    the keyword ``pool=``; after each step ``commit(pool, particles, keep)`` (the whole batch, leading
+    axis N) moves what the step left in the particles into it, keeping whatever the committed particles
+    ``keep`` (leading axis; None: none) hold in it (particle Gibbs' reference, no particle of the sweep);
+    ``check(pool)`` raises, host-side, when the run's results cannot be trusted (e.g. the pool ran out of room).
     """
 
     def init(self, num_particles: int, *args) -> Any: ...
 
-    def commit(self, pool: Any, particles: Any) -> tuple[Any, Any]: ...
+    def commit(self, pool: Any, particles: Any, keep: Any = None) -> tuple[Any, Any]: ...
 
     def check(self, pool: Any) -> None: ...
 
@@ -186,11 +187,15 @@ class StateSpaceProgram:
     def _with_pool(self, fn: Callable | None, pool: Any) -> Callable | None:
         return fn if fn is None or self.pool is None else functools.partial(fn, pool=pool)
 
-    def initialize(self, rng_key: Array, *args, pool: Any = None) -> tuple[State, Array]:
-        """One particle's initial state and its initial log-weight (init's factors, p/q terms)."""
+    def initialize_traced(self, rng_key: Array, *args, pool: Any = None) -> StepOutput:
+        """One particle's initial state, initial log-weight (init's factors, p/q terms) and deterministic sites."""
         init, proposal = self._with_pool(self.init, pool), self._with_pool(self.proposal_init, pool)
-        state, logw, _ = run_traced(init, proposal, rng_key, *args)
-        return state, logw
+        return StepOutput(*run_traced(init, proposal, rng_key, *args))
+
+    def initialize(self, rng_key: Array, *args, pool: Any = None) -> tuple[State, Array]:
+        """One particle's initial state and its initial log-weight."""
+        out = self.initialize_traced(rng_key, *args, pool=pool)
+        return out.state, out.log_weight
 
     def propagate_traced(self, rng_key: Array, state: State, t: Array, *args, pool: Any = None) -> StepOutput:
         """One particle's step ``t``; a done particle keeps its state and gets increment 0."""
@@ -217,12 +222,12 @@ class StateSpaceProgram:
         states, logw = jax.vmap(lambda k: self.initialize(k, *args, pool=pool))(rng_keys)
         return Swarm(states, pool), logw
 
-    def propagate_batch(self, rng_keys: Array, states: State, t: Array, *args) -> StepOutput:
+    def propagate_batch(self, rng_keys: Array, states: State, t: Array, *args, keep: Any = None) -> StepOutput:
         """``propagate_traced`` vmapped over keys [N] and states (leading axis N); with a pool, over a
-        ``Swarm``'s particles, then the step's writes committed to its pool."""
+        ``Swarm``'s particles, then the step's writes committed to its pool (``keep``: see ``Pool``)."""
         if self.pool is None:
             return jax.vmap(lambda k, s: self.propagate_traced(k, s, t, *args))(rng_keys, states)
         pool = states.pool
         out = jax.vmap(lambda k, s: self.propagate_traced(k, s, t, *args, pool=pool))(rng_keys, states.particles)
-        pool, particles = self.pool.commit(pool, out.state)
+        pool, particles = self.pool.commit(pool, out.state, keep)
         return out._replace(state=Swarm(particles, pool))

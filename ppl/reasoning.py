@@ -173,24 +173,27 @@ class Paging:
                       judge.empty(0) if isinstance(judge, KVCache) else judge, self.max_steps, self.max_tokens)
         return trace._replace(shared_prompt=(), pages=Pages(table(0), None if pools.judge is None else table(1)))
 
-    def commit(self, pools: Pools, traces: Trace) -> tuple[Pools, Trace]:
-        """Move every trace's step buffers (leading axis N, then the batch axis of 1) to fresh pages."""
+    def commit(self, pools: Pools, traces: Trace, keep: Trace | None = None) -> tuple[Pools, Trace]:
+        """Move every trace's step buffers (leading axis N, then the batch axis of 1) to fresh pages; the pages
+        of the committed traces `keep` (leading axis, e.g. particle Gibbs' reference) stay taken."""
 
         def flat(tree):
             return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
 
-        def commit_one(pool: PagePool, table: PageTable, buffer: KVCache) -> tuple[PagePool, PageTable, KVCache]:
-            pool, new_table = paging.commit(pool, flat(table), flat(buffer))
+        def commit_one(pool: PagePool, table: PageTable, buffer: KVCache, kept: PageTable | None
+                       ) -> tuple[PagePool, PageTable, KVCache]:
+            pool, new_table = paging.commit(pool, flat(table), flat(buffer), None if kept is None else kept.pages)
             new_table = jax.tree.map(lambda new, old: new.reshape(old.shape), new_table, table)
             empty = KVCache(tuple(k[..., :0, :] for k in buffer.k), tuple(v[..., :0] for v in buffer.v),
                             buffer.positions[..., :0], jnp.zeros_like(buffer.length))
             return pool, new_table, empty
 
-        lm_pool, lm_table, lm_cache = commit_one(pools.lm, traces.pages.lm, traces.lm.cache)
+        kept = (None, None) if keep is None else keep.pages
+        lm_pool, lm_table, lm_cache = commit_one(pools.lm, traces.pages.lm, traces.lm.cache, kept[0])
         traces = traces._replace(lm=traces.lm._replace(cache=lm_cache))
         judge_pool, judge_table = pools.judge, traces.pages.judge
         if pools.judge is not None:
-            judge_pool, judge_table, judge_cache = commit_one(pools.judge, judge_table, traces.judge)
+            judge_pool, judge_table, judge_cache = commit_one(pools.judge, judge_table, traces.judge, kept[1])
             traces = traces._replace(judge=judge_cache)
         pools = pools._replace(lm=lm_pool, judge=judge_pool)
         return pools, traces._replace(pages=Pages(lm_table, judge_table))

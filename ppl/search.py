@@ -89,13 +89,23 @@ class SearchSpec:
             raise ValueError(f"unknown cache {self.cache!r}; choose one of {', '.join(CACHES)}")
         if self.cache_pages is not None and (self.cache != "paged" or self.cache_pages < 2):
             raise ValueError(f"cache_pages is for paged caches, at least 2 pages; got {self.cache_pages}")
-        if self.cache == "paged" and (self.method == "pg" or self.mesh is not None):
-            raise ValueError("paged caches run on one device and not under pg (which keeps every step's "
-                             "particles): use the contiguous cache")
+        if self.cache == "paged" and self.mesh is not None:
+            raise ValueError("paged caches run on one device: drop the mesh or use the contiguous cache")
 
     @property
     def particles(self) -> int:
         return 1 if self.method == "greedy" else self.num_particles
+
+    @property
+    def per_sweep(self) -> int:
+        """pg's particles per sweep (see the module)."""
+        n = self.particles
+        return min(n, max(2, 1 << ((n.bit_length() - 1) // 2)))
+
+    @property
+    def held_traces(self) -> int:
+        """Traces a run holds at once, each in KV caches of its own at worst: pg's sweep and its reference."""
+        return self.per_sweep + 1 if self.method == "pg" else self.particles
 
     @property
     def is_filter(self) -> bool:
@@ -109,8 +119,7 @@ class SearchSpec:
         """The pure function ``run(rng_key, *args) -> SearchResult`` of this method on ``program``."""
         n = self.particles
         if self.method == "pg":
-            per_sweep = min(n, max(2, 1 << ((n.bit_length() - 1) // 2)))
-            return functools.partial(_chain, ParticleGibbs(program, per_sweep), max(1, n // per_sweep))
+            return functools.partial(_chain, ParticleGibbs(program, self.per_sweep), max(1, n // self.per_sweep))
         if self.method == "epf":
             strategy = Entropic(self.schedule, lookahead=self.lookahead, scheme=self.resampling)
             smc = SMC(program, n, strategy, self.ess_threshold, True, self.mesh)
@@ -156,7 +165,7 @@ def _chain(kernel: ParticleGibbs, num_iterations: int, rng_key: jax.Array, *args
     k = chain.log_weights.shape[0]
     return SearchResult(
         chain.particles, chain.log_weights, chain.deterministic, jnp.zeros((0,), jnp.int32),
-        jnp.zeros((0, k), jnp.int32), jnp.zeros((0,), bool),
+        jnp.zeros((0, k), jnp.int32), jnp.zeros((0,), bool), chain.pool,
     )
 
 

@@ -290,7 +290,7 @@ class Solver:
             if need > self.memory_bytes:
                 if size == 1 and spec.cache == "paged":
                     paging = self._program(spec).pool
-                    full = spec.cache_pages or paging.default_pages(spec.particles)
+                    full = spec.cache_pages or paging.default_pages(spec.held_traces)
                     if full // 2 >= paging.default_pages(1):
                         spec = dataclasses.replace(spec, cache_pages=full // 2)
                         LOGGER.info(f"memory plan: paged caches of {full // 2} pages per pool")

@@ -160,17 +160,40 @@ def test_an_exhausted_pool_is_an_error_not_a_result():
         run("systematic", 0.7, True, pages=8)
 
 
-def test_particle_mcmc_refuses_a_paged_program():
+def particle_gibbs(paged, pages=None, seed=0):
+    """A chain of 4 sweeps of 8 particles (seed 0: references of 5, 1, 1 and 1 steps)."""
+    lm, prm = models()
+    lm_state, judge_state = reasoning.prefill_prompt(lm, prm, PROMPT, PROMPT.shape[1])
+    pager = reasoning.Paging(STEPS, PARAMS.max_tokens, BUDGET, page_size=4, pages=pages) if paged else None
+    kernel = ParticleGibbs(reasoning_program(PARAMS, STOPS, STEPS, max_trace_tokens=BUDGET, paging=pager), 8)
+    return jax.jit(lambda key, *args: kernel.run_chain(key, 4, *args))(jax.random.key(seed), lm_state,
+                                                                       judge_state, lm, prm)
+
+
+@pytest.mark.parametrize("pages", [None, 30])
+def test_paged_particle_gibbs_runs_the_contiguous_chain(pages):
+    """Same key, same references. A conditional sweep's particles that descend from the reference read its
+    pages from the sweep before: 30 pages hold the 8 particles and the reference only if the reference's pages
+    stay taken (without that, this chain's second sweep overwrites them and its steps differ)."""
+    contiguous, paged = particle_gibbs(False), particle_gibbs(True, pages)
+    assert np.asarray(contiguous.particles.num_steps).max() > 1
+    np.testing.assert_array_equal(contiguous.particles.steps, paged.particles.steps)
+    np.testing.assert_allclose(contiguous.particles.rewards, paged.particles.rewards, atol=1e-5)
+    assert not bool(paged.pool.exhausted)
+    assert bool(particle_gibbs(True, 20).pool.exhausted)  # too few pages: flagged, so a solver raises
+
+
+def test_paged_programs_refuse_ancestor_sampling_and_must_keep_done_particles():
     pager = reasoning.Paging(STEPS, PARAMS.max_tokens, BUDGET)
     program = reasoning_program(PARAMS, STOPS, STEPS, max_trace_tokens=BUDGET, paging=pager)
     with pytest.raises(ValueError, match="contiguous"):
-        ParticleGibbs(program, 4)
+        ParticleGibbs(program, 4, ancestor_sampling=True)
     with pytest.raises(ValueError, match="keeps_done"):
         ppl.StateSpaceProgram(program.init, program.step, STEPS, pool=pager)
 
 
-@pytest.mark.parametrize("task_name", ["countdown", "arithmetic"])
-def test_paged_solver_gives_the_contiguous_answers(task_name):
+@pytest.mark.parametrize(("task_name", "method"), [("countdown", "pf"), ("arithmetic", "pf"), ("countdown", "pg")])
+def test_paged_solver_gives_the_contiguous_answers(task_name, method):
     """The shipped pair on held-out problems: `SearchSpec(cache="paged")` writes the same traces and answers."""
     from ppl.commands.shipped import load_models
     from ppl.search import SearchSpec
@@ -180,7 +203,7 @@ def test_paged_solver_gives_the_contiguous_answers(task_name):
     task = TASKS[task_name]
     problems = task.generate(task.eval_seed, 3)
     solver = Solver(task, *load_models(task, "learned"), batch_rows=4 * len(problems))
-    contiguous, paged = (solver.solve(problems, SearchSpec("pf", 4, cache=cache), seed=1)
+    contiguous, paged = (solver.solve(problems, SearchSpec(method, 4, cache=cache), seed=1)
                          for cache in ("contiguous", "paged"))
     for a, b in zip(contiguous, paged, strict=True):
         assert (a["steps"], a["answer"], a["tokens"]) == (b["steps"], b["answer"], b["tokens"])
@@ -201,13 +224,13 @@ def test_paged_ppl_solve_on_a_tiny_qwen_pair(tmp_path, capsys):
         assert (a["steps"], a["answer"], a["tokens"]) == (b["steps"], b["answer"], b["tokens"])
 
 
-def test_paged_cache_with_particle_gibbs_is_a_one_line_error(tmp_path, capsys):
+def test_paged_cache_over_a_mesh_is_a_one_line_error(tmp_path, capsys):
     from ppl.cli import main
 
     problems = tmp_path / "in.jsonl"
     problems.write_text('{"numbers": [1, 2, 3, 4], "target": 10}\n')
-    code = main(["countdown", "solve", "--problems", str(problems), "--method", "pg", "--cache", "paged",
-                 "--out", str(tmp_path / "o")])
+    code = main(["countdown", "solve", "--problems", str(problems), "--method", "pf", "--cache", "paged",
+                 "--mesh", f"particles={jax.device_count()},model=1", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "contiguous" in err[0]
 
