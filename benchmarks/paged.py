@@ -212,9 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
               "device": str(jax.devices()[0].device_kind), "command": "python benchmarks/paged.py "
               + " ".join(argv or __import__("sys").argv[1:])}
     gib = 2**20
-    print(f"\nlong traces ({args.steps} steps x {args.step_tokens} tokens, page {args.page_size}; MiB)")
-    print(f"{'N':>5}{'KV contig':>11}{'KV alive':>10}{'alive %':>9}{'moved %':>9}{'KV moved %':>11}"
-          f"{'contig s':>10}{'paged s':>9}{'ratio':>7}{'agree to step':>15}")
+    if long_rows:
+        print(f"\nlong traces ({args.steps} steps x {args.step_tokens} tokens, page {args.page_size}; MiB)")
+        print(f"{'N':>5}{'KV contig':>11}{'KV alive':>10}{'alive %':>9}{'moved %':>9}{'KV moved %':>11}"
+              f"{'contig s':>10}{'paged s':>9}{'ratio':>7}{'agree to step':>15}")
     for r in long_rows:
         print(f"{r['particles']:>5}{r['contiguous_kv_bytes'] / gib:>11.1f}{r['kv_alive_peak_bytes'] / gib:>10.1f}"
               f"{100 * r['kv_alive_fraction']:>9.1f}{100 * r['moved_fraction_of_kv']:>9.2f}"
