@@ -256,6 +256,9 @@ class Sweep:
         return resample
 
     def run(self, key: Array, reference: Reference | None, *args) -> tuple[Reference, Array, dict]:
+        if self.program.pool is not None and reference is not None and reference.pool is None:
+            raise ValueError("this program keeps its states in a pool: a reference must carry the pool it lives "
+                             "in (Reference.pool), as the references of its own sweeps do")
         n, num_steps = self.num_particles, self.program.num_steps
         init_key, scan_key, pick_key = jax.random.split(key, 3)
         pool, keep = None, None

@@ -11,6 +11,7 @@ import pytest
 import ppl
 from inference import SMC, ParticleGibbs
 from inference.entropic import Entropic
+from inference.pmcmc import Reference
 from models import paging
 from models.llama import Config, KVCache, random_init
 from models.prm import PRM
@@ -184,11 +185,13 @@ def test_paged_particle_gibbs_runs_the_contiguous_chain():
     assert bool(particle_gibbs(True, 20).pool.exhausted)  # too few pages: flagged, so a solver raises
 
 
-def test_paged_programs_refuse_ancestor_sampling_and_must_keep_done_particles():
+def test_paged_programs_refuse_ancestor_sampling_and_poolless_references_and_must_keep_done_particles():
     pager = reasoning.Paging(STEPS, PARAMS.max_tokens, BUDGET)
     program = reasoning_program(PARAMS, STOPS, STEPS, max_trace_tokens=BUDGET, paging=pager)
     with pytest.raises(ValueError, match="contiguous"):
         ParticleGibbs(program, 4, ancestor_sampling=True)
+    with pytest.raises(ValueError, match="Reference.pool"):  # e.g. init_params from a contiguous run
+        ParticleGibbs(program, 4).sweep.run(jax.random.key(0), Reference(init=None, steps=None))
     with pytest.raises(ValueError, match="keeps_done"):
         ppl.StateSpaceProgram(program.init, program.step, STEPS, pool=pager)
 
