@@ -188,12 +188,12 @@ class Paging:
                             buffer.positions[..., :0], jnp.zeros_like(buffer.length))
             return pool, new_table, empty
 
-        kept = (None, None) if keep is None else keep.pages
-        lm_pool, lm_table, lm_cache = commit_one(pools.lm, traces.pages.lm, traces.lm.cache, kept[0])
+        kept = Pages(None, None) if keep is None else keep.pages
+        lm_pool, lm_table, lm_cache = commit_one(pools.lm, traces.pages.lm, traces.lm.cache, kept.lm)
         traces = traces._replace(lm=traces.lm._replace(cache=lm_cache))
         judge_pool, judge_table = pools.judge, traces.pages.judge
         if pools.judge is not None:
-            judge_pool, judge_table, judge_cache = commit_one(pools.judge, judge_table, traces.judge, kept[1])
+            judge_pool, judge_table, judge_cache = commit_one(pools.judge, judge_table, traces.judge, kept.judge)
             traces = traces._replace(judge=judge_cache)
         pools = pools._replace(lm=lm_pool, judge=judge_pool)
         return pools, traces._replace(pages=Pages(lm_table, judge_table))
