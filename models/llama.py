@@ -26,7 +26,7 @@ A read-only `prefix` cache (a prompt prefilled once) can be shared by many
 rows: with P prefix rows and B = P * G rows, row b also attends to prefix row
 b // G. Particles thus keep only their own tokens in their caches, and the
 prompt's keys and values are stored once. A prefix is anything with `KVCache`'s
-`rows`, `capacity`, `layer(i)`, `values_layout` and `next_position()`: `models.paging.PagedContext`
+`rows`, `capacity`, `layer(i)` and `next_position()`: `models.paging.PagedContext`
 is one, each row's earlier tokens read through its page table from a shared pool.
 """
 
@@ -72,19 +72,19 @@ class Config:
 class KVCache(NamedTuple):
     """Static-size cache. `positions[b, s]` is the RoPE position held by slot s (-1: empty).
 
-    One array per layer, keys stored [.., slot, dim] and values [.., dim, slot] per head:
-    the layouts the two attention products read as they are, so a layer reads its cache
-    in place (a stacked [rows, layers, ...] array made XLA copy each layer's slice out
-    before every product, and on TPU choose layouts that copied the whole stack). Rows
-    come first, so a swarm of particles (each a batch of rows) folds into one batch for free.
+    One array per layer, keys stored [.., dim, slot] and values [.., slot, dim] per head: in
+    both attention products the slot-free operand's axis (a score's slot, an output's dim) is
+    the minor one, which XLA:CPU's batched products run ~4x faster than the contracted axis
+    minor (`benchmarks/results/attention_layouts.json`), and a layer reads its cache in place
+    (a stacked [rows, layers, ...] array made XLA copy each layer's slice out before every
+    product). Rows come first, so a swarm of particles (each a batch of rows) folds into one
+    batch for free.
     """
 
-    k: tuple[jax.Array, ...]  # per layer [batch, kv_heads, capacity, head_dim]
-    v: tuple[jax.Array, ...]  # per layer [batch, kv_heads, head_dim, capacity]
+    k: tuple[jax.Array, ...]  # per layer [batch, kv_heads, head_dim, capacity]
+    v: tuple[jax.Array, ...]  # per layer [batch, kv_heads, capacity, head_dim]
     positions: jax.Array  # [batch, capacity] int32
     length: jax.Array  # [batch] int32: slots used, where the next token goes
-
-    values_layout = "kds"  # a row's values as `layer` returns them, in einsum letters (a prefix's other attribute)
 
     @property
     def capacity(self) -> int:
@@ -95,9 +95,8 @@ class KVCache(NamedTuple):
         return self.positions.shape[0]
 
     def layer(self, index: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Layer `index`'s keys [B, K, S, D], values [B, K, D, S] and slot positions [B, S]: what a shared
-        `prefix` answers (as does `models.paging.PagedContext`, a context read through page tables, whose values
-        come out [B, K, S, D]: `values_layout` says which)."""
+        """Layer `index`'s keys [B, K, D, S], values [B, K, S, D] and slot positions [B, S]: what a shared
+        `prefix` answers (as does `models.paging.PagedContext`, a context read through page tables)."""
         return self.k[index], self.v[index], self.positions
 
     def next_position(self) -> jax.Array:
@@ -108,15 +107,15 @@ class KVCache(NamedTuple):
     def zeros(layers: int, batch: int, capacity: int, kv_heads: int, head_dim: int, dtype: Any) -> KVCache:
         """An empty cache: every slot unfilled (position -1), every row at length 0."""
         return KVCache(
-            k=tuple(jnp.zeros((batch, kv_heads, capacity, head_dim), dtype) for _ in range(layers)),
-            v=tuple(jnp.zeros((batch, kv_heads, head_dim, capacity), dtype) for _ in range(layers)),
+            k=tuple(jnp.zeros((batch, kv_heads, head_dim, capacity), dtype) for _ in range(layers)),
+            v=tuple(jnp.zeros((batch, kv_heads, capacity, head_dim), dtype) for _ in range(layers)),
             positions=jnp.full((batch, capacity), -1, jnp.int32),
             length=jnp.zeros((batch,), jnp.int32),
         )
 
     def empty(self, capacity: int) -> KVCache:
         """An empty cache of `capacity` slots with this one's layers, rows, heads and dtype."""
-        batch, heads, _, dim = self.k[0].shape
+        batch, heads, dim, _ = self.k[0].shape
         return KVCache.zeros(len(self.k), batch, capacity, heads, dim, self.k[0].dtype)
 
 
@@ -195,23 +194,21 @@ class RMSNorm(nnx.Module):
 
 
 def scores_of(q: jax.Array, keys: jax.Array) -> jax.Array:
-    """Queries [P, R, T, K, G, D] (R rows read each of P key rows) against keys [P, K, S, D]: [P, R, K, G, T, S],
-    float32. One batched product [P, K, M, D] x [P, K, S, D], its operands put in that order first: left to
+    """Queries [P, R, T, K, G, D] (R rows read each of P key rows) against keys [P, K, D, S]: [P, R, K, G, T, S],
+    float32. One batched product [P, K, M, D] x [P, K, D, S], its operands put in that order first: left to
     einsum's choice of order, XLA:CPU transposed whole caches around the product (up to 2x slower). Where R or
     T is 1 (a row's own cache, decoding) the reorderings are free reshapes."""
     shared, per_row, length, heads, groups, dim = q.shape
     q = q.transpose(0, 3, 1, 4, 2, 5).reshape(shared, heads, -1, dim)  # [P, K, (R G T), D]
-    scores = jax.lax.dot_general(q, keys, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32)
+    scores = jax.lax.dot_general(q, keys, (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32)
     return scores.reshape(shared, heads, per_row, groups, length, -1).transpose(0, 2, 1, 3, 4, 5)
 
 
-def weighted(weights: jax.Array, values: jax.Array, layout: str = "kds", dtype: Any = None) -> jax.Array:
-    """Weights [P, R, K, G, T, S] times values [P, K, D, S] (`layout` "kds"; "ksd": [P, K, S, D]): [P, R, T, K, G,
-    D], ordered as in `scores_of`."""
+def weighted(weights: jax.Array, values: jax.Array, dtype: Any = None) -> jax.Array:
+    """Weights [P, R, K, G, T, S] times values [P, K, S, D]: [P, R, T, K, G, D], ordered as in `scores_of`."""
     shared, per_row, heads, groups, length, slots = weights.shape
     weights = weights.transpose(0, 2, 1, 3, 4, 5).reshape(shared, heads, -1, slots)  # [P, K, (R G T), S]
-    slot_axis = {"kds": 3, "ksd": 2}[layout]
-    out = jax.lax.dot_general(weights, values, (((3,), (slot_axis,)), ((0, 1), (0, 1))), preferred_element_type=dtype)
+    out = jax.lax.dot_general(weights, values, (((3,), (2,)), ((0, 1), (0, 1))), preferred_element_type=dtype)
     return out.reshape(shared, heads, per_row, groups, length, -1).transpose(0, 2, 4, 1, 3, 5)
 
 
@@ -251,19 +248,19 @@ class Attention(nnx.Module):
         # Rows, heads and slot indexed, so the scatter's window is one head's vector: XLA:TPU then writes the
         # cache in its own layout (with heads in the window it transposed the cache around each write).
         rows, heads = jnp.arange(batch)[:, None, None], jnp.arange(c.num_kv_heads)
-        k_cache = k_cache.at[rows, heads, dest[..., None]].set(k.astype(k_cache.dtype), mode="drop")
-        v_cache = v_cache.at[rows, heads, :, dest[..., None]].set(v.astype(v_cache.dtype), mode="drop")
+        k_cache = k_cache.at[rows, heads, :, dest[..., None]].set(k.astype(k_cache.dtype), mode="drop")
+        v_cache = v_cache.at[rows, heads, dest[..., None]].set(v.astype(v_cache.dtype), mode="drop")
 
         def read(prefix):
-            if length > 1 and k_cache.shape[2] > KEY_BLOCK:
-                filled = k_cache.shape[2] if reach is None else reach[2]
+            if length > 1 and v_cache.shape[2] > KEY_BLOCK:
+                filled = v_cache.shape[2] if reach is None else reach[2]
                 return self._attend_blocked(q, k_cache, v_cache, layer, filled, key_positions, positions, prefix)
             if reach is None:
                 return self._attend(q, k_cache, v_cache, key_positions, positions, layer, prefix)
             index, sizes, _ = reach
 
             def first(size: int):
-                return lambda: self._attend(q, k_cache[:, :, :size], v_cache[..., :size], key_positions[:, :size],
+                return lambda: self._attend(q, k_cache[..., :size], v_cache[:, :, :size], key_positions[:, :size],
                                             positions, layer, prefix)
 
             return jax.lax.switch(index, [first(size) for size in sizes])
@@ -304,13 +301,13 @@ class Attention(nnx.Module):
         weights' [B, K, G, T, Sp] product with its values [B, T, K, G, D]."""
         batch, length, heads, groups, dim = q.shape
         shared, per_row = prefix.rows, batch // prefix.rows
-        keys, values, key_positions = prefix.layer(layer)  # [P, K, Sp, D], values_layout, [P, Sp]
+        keys, values, key_positions = prefix.layer(layer)  # [P, K, D, Sp], [P, K, Sp, D], [P, Sp]
         scores = scores_of(q.reshape(shared, per_row, length, heads, groups, dim), keys)
         visible = self._visible(jnp.repeat(key_positions, per_row, axis=0), positions)
 
         def weigh(weights, dtype=None):
             weights = weights.reshape(shared, per_row, *weights.shape[1:])
-            return weighted(weights, values, prefix.values_layout, dtype).reshape(q.shape)
+            return weighted(weights, values, dtype).reshape(q.shape)
 
         return scores.reshape(batch, heads, groups, length, -1), visible, weigh
 
@@ -340,13 +337,13 @@ class Attention(nnx.Module):
             scores, visible, weigh = self._prefix_part(q, part, layer, positions)
             carry = absorb(carry, scores, visible, lambda w, weigh=weigh: weigh(w, jnp.float32))
 
-        capacity = k_cache.shape[2]
+        capacity = v_cache.shape[2]
 
         def block(i, carry):
             start = jnp.minimum(i * KEY_BLOCK, capacity - KEY_BLOCK)  # the last block overlaps the one before
             fresh = start + jnp.arange(KEY_BLOCK) >= i * KEY_BLOCK  # slots no earlier block counted
-            block_keys = jax.lax.dynamic_slice_in_dim(k_cache, start, KEY_BLOCK, axis=2)
-            block_values = jax.lax.dynamic_slice_in_dim(v_cache, start, KEY_BLOCK, axis=3)
+            block_keys = jax.lax.dynamic_slice_in_dim(k_cache, start, KEY_BLOCK, axis=3)
+            block_values = jax.lax.dynamic_slice_in_dim(v_cache, start, KEY_BLOCK, axis=2)
             visible = self._visible(jax.lax.dynamic_slice_in_dim(key_positions, start, KEY_BLOCK, axis=1), positions)
             scores = scores_of(q[:, None], block_keys)[:, 0]
             return absorb(carry, scores, visible & fresh,

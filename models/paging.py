@@ -10,10 +10,10 @@ histogram, recounted at each commit, and the free list is the pages whose count 
 Page 0 is the null page: never written, every slot empty (position -1), the filler of a table's unused
 entries, so that reading a whole table needs no mask beyond the one positions already give.
 
-A page holds keys and values alike as [kv_heads, page_size, head_dim], the page the leading axis: one gather
-by (page, head) lays a row's pages out as [heads, slots, dim] with no transpose after it. (`KVCache` keeps values
-[.., dim, slot], which its own in-place reads want; gathered pages in that layout needed a transpose per layer
-and token.)
+A page holds keys as [kv_heads, head_dim, page_size] and values as [kv_heads, page_size, head_dim], the page the
+leading axis, in `KVCache`'s layouts: one gather by (page, head) lays a row's values out as [heads, slots, dim],
+and its keys as [heads, pages, dim, page_size], which XLA turns into `KVCache`'s [heads, dim, slots] in the
+gather itself.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from models.llama import KVCache, PrefixChoice, most, read_sizes
 class PagePool(NamedTuple):
     """Keys, values and positions of every page; page 0 is the null page."""
 
-    k: tuple[jax.Array, ...]  # per layer [pages, kv_heads, page_size, head_dim]
+    k: tuple[jax.Array, ...]  # per layer [pages, kv_heads, head_dim, page_size]
     v: tuple[jax.Array, ...]  # per layer [pages, kv_heads, page_size, head_dim]
     positions: jax.Array  # [pages, page_size] int32, -1 where empty
     exhausted: jax.Array  # [] bool: a commit found fewer free pages than it needed (its writes are lost)
@@ -45,8 +45,9 @@ class PagePool(NamedTuple):
     @staticmethod
     def zeros(pages: int, page_size: int, layers: int, kv_heads: int, head_dim: int, dtype) -> PagePool:
         """Every page empty (position -1)."""
-        zeros = lambda: tuple(jnp.zeros((pages, kv_heads, page_size, head_dim), dtype) for _ in range(layers))
-        return PagePool(zeros(), zeros(), jnp.full((pages, page_size), -1, jnp.int32), exhausted=jnp.zeros((), bool))
+        zeros = lambda *shape: tuple(jnp.zeros((pages, kv_heads, *shape), dtype) for _ in range(layers))
+        positions = jnp.full((pages, page_size), -1, jnp.int32)
+        return PagePool(zeros(head_dim, page_size), zeros(page_size, head_dim), positions, jnp.zeros((), bool))
 
 
 class PageTable(NamedTuple):
@@ -59,11 +60,8 @@ class PageTable(NamedTuple):
 class PagedContext(NamedTuple):
     """Read-only context of each row, through its page table: usable wherever a shared `prefix` cache is.
 
-    It answers the prefix interface of `models.llama`: `rows`, `capacity`, `layer(i)`, `values_layout` and
-    `next_position()`.
+    It answers the prefix interface of `models.llama`: `rows`, `capacity`, `layer(i)` and `next_position()`.
     """
-
-    values_layout = "ksd"  # values come out slot-major, like the keys
 
     pool: PagePool
     pages: jax.Array  # [rows, max_pages] int32
@@ -78,11 +76,13 @@ class PagedContext(NamedTuple):
         return self.pages.shape[1] * self.pool.page_size
 
     def layer(self, index: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Layer `index`'s keys and values [rows, K, S, D] and slot positions [rows, S]."""
-        heads, dim = self.pool.k[index].shape[1], self.pool.k[index].shape[-1]
-        at = (self.pages[:, None, :], jnp.arange(heads)[None, :, None])  # [rows, K, pages] -> [.., P, D] each
-        read = lambda pages: pages[at].reshape(self.rows, heads, self.capacity, dim)
-        return read(self.pool.k[index]), read(self.pool.v[index]), self.positions()
+        """Layer `index`'s keys [rows, K, D, S], values [rows, K, S, D] and slot positions [rows, S]."""
+        values = self.pool.v[index]
+        heads, dim = values.shape[1], values.shape[-1]
+        at = (self.pages[:, None, :], jnp.arange(heads)[None, :, None])  # [rows, K, pages]
+        keys = self.pool.k[index][at].transpose(0, 1, 3, 2, 4)  # [rows, K, D, pages, page_size]
+        return (keys.reshape(self.rows, heads, dim, self.capacity),
+                values[at].reshape(self.rows, heads, self.capacity, dim), self.positions())
 
     def positions(self) -> jax.Array:
         return self.pool.positions[self.pages].reshape(self.rows, self.capacity)
@@ -141,8 +141,8 @@ def commit(
     write = lambda pages, written, slot_axis: pages.at[new].set(paged(written, slot_axis).astype(pages.dtype),
                                                                  mode="drop")
     pool = PagePool(
-        k=tuple(write(pages, written, 2) for pages, written in zip(pool.k, buffer.k, strict=True)),
-        v=tuple(write(pages, jnp.swapaxes(written, 2, 3), 2) for pages, written in zip(pool.v, buffer.v, strict=True)),
+        k=tuple(write(pages, written, 3) for pages, written in zip(pool.k, buffer.k, strict=True)),
+        v=tuple(write(pages, written, 2) for pages, written in zip(pool.v, buffer.v, strict=True)),
         positions=pool.positions.at[new].set(paged(buffer.positions, 1), mode="drop"),
         exhausted=pool.exhausted | (jnp.sum(need) > available) | jnp.any(table.count + need > table.pages.shape[1]),
     )

@@ -154,7 +154,7 @@ class Paging:
 
     def init(self, num_particles: int, lm_state: LMState, judge: Any, lm: Any, prm: Any) -> Pools:
         def pool(cache: KVCache, extra_per_step: int) -> PagePool:
-            *_, kv_heads, _, head_dim = cache.k[0].shape
+            *_, kv_heads, _, head_dim = cache.v[0].shape  # values [.., K, S, D]
             pages = self.pages or 1 + num_particles * self.step_pages(extra_per_step)
             return PagePool.zeros(pages, self.page_size, len(cache.k), kv_heads, head_dim, cache.k[0].dtype)
 
@@ -184,7 +184,7 @@ class Paging:
                        ) -> tuple[PagePool, PageTable, KVCache]:
             pool, new_table = paging.commit(pool, flat(table), flat(buffer), None if kept is None else kept.pages)
             new_table = jax.tree.map(lambda new, old: new.reshape(old.shape), new_table, table)
-            empty = KVCache(tuple(k[..., :0, :] for k in buffer.k), tuple(v[..., :0] for v in buffer.v),
+            empty = KVCache(tuple(k[..., :0] for k in buffer.k), tuple(v[..., :0, :] for v in buffer.v),
                             buffer.positions[..., :0], jnp.zeros_like(buffer.length))
             return pool, new_table, empty
 

@@ -70,7 +70,7 @@ def test_commit_reuses_the_pages_no_table_refers_to():
     need more than is free mark the pool exhausted."""
     pool = paging.PagePool.zeros(6, 2, 1, 1, 2, jnp.float32)
     table = paging.PageTable(jnp.zeros((2, 4), jnp.int32), jnp.zeros((2,), jnp.int32))
-    buffer = lambda lengths: KVCache((jnp.ones((2, 1, 4, 2)),), (jnp.ones((2, 1, 2, 4)),),
+    buffer = lambda lengths: KVCache((jnp.ones((2, 1, 2, 4)),), (jnp.ones((2, 1, 4, 2)),),
                                             jnp.where(jnp.arange(4) < jnp.asarray(lengths)[:, None], 7, -1),
                                             jnp.asarray(lengths, jnp.int32))
     pool, table = paging.commit(pool, table, buffer([3, 1]))  # 2 pages and 1

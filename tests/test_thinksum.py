@@ -55,13 +55,13 @@ def test_element_rows_share_the_single_prefix_prefill(lm):
     p = PREFIX.shape[0]
     for row in range(ELEMENTS.shape[0]):  # copies of one prefill: the same bits in every row
         for k, v in zip(state.cache.k, state.cache.v, strict=True):
-            np.testing.assert_array_equal(k[row, :, :p], k[0, :, :p])
-            np.testing.assert_array_equal(v[row, ..., :p], v[0, ..., :p])
+            np.testing.assert_array_equal(k[row, ..., :p], k[0, ..., :p])
+            np.testing.assert_array_equal(v[row, :, :p], v[0, :, :p])
         np.testing.assert_array_equal(state.cache.positions[row, :p], np.arange(p))
     for ours, theirs in zip(state.cache.k, alone.cache.k, strict=True):
-        np.testing.assert_allclose(ours[0, :, :p], theirs[0, :, :p], rtol=1e-5, atol=1e-5)
-    for ours, theirs in zip(state.cache.v, alone.cache.v, strict=True):
         np.testing.assert_allclose(ours[0, ..., :p], theirs[0, ..., :p], rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(state.cache.v, alone.cache.v, strict=True):
+        np.testing.assert_allclose(ours[0, :, :p], theirs[0, :, :p], rtol=1e-5, atol=1e-5)
     for row in range(ELEMENTS.shape[0]):
         np.testing.assert_allclose(state.next_logits[row], forward(lm, *full_prompt(row))[0, -1], atol=1e-4)
 
