@@ -73,9 +73,9 @@ class KVCache(NamedTuple):
     """Static-size cache. `positions[b, s]` is the RoPE position held by slot s (-1: empty).
 
     One array per layer, keys stored [.., dim, slot] and values [.., slot, dim] per head: in
-    both attention products the slot-free operand's axis (a score's slot, an output's dim) is
-    the minor one, which XLA:CPU's batched products run ~4x faster than the contracted axis
-    minor (`benchmarks/results/attention_layouts.json`), and a layer reads its cache in place
+    both attention products the axis not summed over (a score's slot, an output's dim) is the
+    minor one, as XLA:CPU's batched products want (several times slower with the summed axis
+    minor: `benchmarks/attention_layouts.py`), and a layer reads its cache in place
     (a stacked [rows, layers, ...] array made XLA copy each layer's slice out before every
     product). Rows come first, so a swarm of particles (each a batch of rows) folds into one
     batch for free.
