@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from inference import resampling
 from inference.resampling import Gather, Resampler, Scheme, StepContext, adaptive_resampler, resampling_scheme
+from ppl.program import Swarm
 
 Array = jax.Array
 
@@ -64,7 +65,12 @@ class ParticlePlacement:
         self.sharded = NamedSharding(mesh, PartitionSpec(axis))
 
     def constrain(self, particles: Any) -> Any:
-        """Pin every leaf with a leading particle axis to the sharded layout (inside jit)."""
+        """Pin every leaf with a leading particle axis to the sharded layout (inside jit); a ``Swarm``'s pool
+        is replicated: every device holds every page, so resampling moves page tables only."""
+        if isinstance(particles, Swarm):
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            pool = jax.tree.map(lambda leaf: jax.lax.with_sharding_constraint(leaf, replicated), particles.pool)
+            return Swarm(self.constrain(particles.particles), pool)
 
         def pin(leaf):
             if jnp.ndim(leaf) and leaf.shape[0] == self.num_particles:

@@ -36,7 +36,7 @@ from inference import resampling
 from inference.resampling import Adaptive, Gather, Propagate, Resampler, StepContext, Strategy
 from inference.sharding import ParticlePlacement
 from ppl.errors import PPLError
-from ppl.program import StateSpaceProgram, done_flag, particles_of
+from ppl.program import StateSpaceProgram, Swarm, done_flag, particles_of
 
 Array = jax.Array
 
@@ -128,7 +128,11 @@ def smc_step(
     ancestors, log_weights, resampled = resampler(resample_key, state.log_weights)
     # Gathered every step (``ancestors`` is the identity when not resampling): a ``cond`` would hold a second
     # copy of the particles (its gather branch's, or both branches' under ``vmap``).
-    particles = gather(state.particles, ancestors)
+    particles = state.particles
+    if isinstance(particles, Swarm):  # the pool is shared, not resampled
+        particles = particles._replace(particles=gather(particles.particles, ancestors))
+    else:
+        particles = gather(particles, ancestors)
     keys = jax.random.split(propagate_key, log_weights.shape[0])
     particles, increments, record = propagate(keys, particles, t)
     unnormalised = log_weights + increments
@@ -275,8 +279,6 @@ class SMC:
         self.strategy = strategy_of(resampling)
         self.ess_threshold = ess_threshold
         self.record_deterministic = record_deterministic
-        if mesh is not None and program.pool is not None:
-            raise ValueError("a program with a pool runs on one device: drop the mesh (or the pool)")
         self.placement = None if mesh is None else ParticlePlacement(mesh, self.num_particles)
         self.strategy.check(self.num_particles, self.placement)
         self._run_jit = jax.jit(self.run_unchecked)

@@ -89,8 +89,6 @@ class SearchSpec:
             raise ValueError(f"unknown cache {self.cache!r}; choose one of {', '.join(CACHES)}")
         if self.cache_pages is not None and (self.cache != "paged" or self.cache_pages < 2):
             raise ValueError(f"cache_pages is for paged caches, at least 2 pages; got {self.cache_pages}")
-        if self.cache == "paged" and self.mesh is not None:
-            raise ValueError("paged caches run on one device: drop the mesh or use the contiguous cache")
 
     @property
     def particles(self) -> int:

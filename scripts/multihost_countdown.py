@@ -35,6 +35,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--particles", type=int, default=64, help="total particles, over all devices")
     parser.add_argument("--islands", action="store_true", help="one resampling island per particle group")
     parser.add_argument("--model", type=int, default=1, help="devices each model's weights are split over")
+    parser.add_argument("--cache", choices=("contiguous", "paged"), default="contiguous",
+                        help="KV caches; paged: every device holds the whole page pool")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--coordinator", help="HOST:PORT of process 0 (auto-detected on TPU and SLURM)")
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     task = TASKS["countdown"]
     problems = task.read(args.problems)
     solver = Solver(task, *load_models(task), mesh=mesh)
-    spec = SearchSpec("pf", args.particles, mesh=mesh, islands=groups if args.islands else 0)
+    spec = SearchSpec("pf", args.particles, mesh=mesh, islands=groups if args.islands else 0,
+                      cache=args.cache)
     began = time.perf_counter()
     records = solver.solve(problems, spec, seed=args.seed)
     if leader:

@@ -86,7 +86,7 @@ def test_commit_reuses_the_pages_no_table_refers_to():
     assert bool(_.exhausted)
 
 
-def run(strategy, threshold, paged, judge="prm", pages=None, seed=3, step_chunk=None):
+def run(strategy, threshold, paged, judge="prm", pages=None, seed=3, step_chunk=None, mesh=None):
     lm, prm = models()
     prm.step_chunk = step_chunk
     lm_state, judge_state = reasoning.prefill_prompt(lm, prm, PROMPT, PROMPT.shape[1])
@@ -94,7 +94,7 @@ def run(strategy, threshold, paged, judge="prm", pages=None, seed=3, step_chunk=
         prm, judge_state = _Parity(), jnp.zeros((1,), jnp.int32)
     pager = reasoning.Paging(STEPS, PARAMS.max_tokens, BUDGET, page_size=4, pages=pages) if paged else None
     program = reasoning_program(PARAMS, STOPS, STEPS, max_trace_tokens=BUDGET, paging=pager)
-    return SMC(program, N, strategy, threshold).run(jax.random.key(seed), lm_state, judge_state, lm, prm)
+    return SMC(program, N, strategy, threshold, mesh=mesh).run(jax.random.key(seed), lm_state, judge_state, lm, prm)
 
 
 class _Parity(NamedTuple):
@@ -228,15 +228,39 @@ def test_paged_ppl_solve_on_a_tiny_qwen_pair(tmp_path, capsys):
         assert (a["steps"], a["answer"], a["tokens"]) == (b["steps"], b["answer"], b["tokens"])
 
 
-def test_paged_cache_over_a_mesh_is_a_one_line_error(tmp_path, capsys):
-    from ppl.cli import main
+def test_paged_caches_over_8_devices_run_the_one_device_particles():
+    """Particles sharded over a mesh, every device holding the whole (replicated) pool: global, island and routed
+    resampling give the one-device run's steps and ancestors, and the pool stays replicated."""
+    from test_sharding import run_on_8_devices
 
-    problems = tmp_path / "in.jsonl"
-    problems.write_text('{"numbers": [1, 2, 3, 4], "target": 10}\n')
-    code = main(["countdown", "solve", "--problems", str(problems), "--method", "pf", "--cache", "paged",
-                 "--mesh", f"particles={jax.device_count()},model=1", "--out", str(tmp_path / "o")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "contiguous" in err[0]
+    out = run_on_8_devices(
+        """
+        import json, jax, numpy as np
+        from jax.sharding import Mesh
+        from inference import Islands, Routed
+        from test_paging import run
+
+        mesh = Mesh(np.array(jax.devices()), ("particles",))
+        strategies = {"global": "systematic", "islands": Islands(8, exchange_every=2), "routed": Routed(2)}
+        one_device = {name: run(strategies[name], 1.0, True) for name in ("global", "islands")}
+        one_device["routed"] = one_device["global"]  # the same resampling, its gather moved another way
+        report = {}
+        for name, strategy in strategies.items():
+            one, eight = one_device[name], run(strategy, 1.0, True, mesh=mesh)
+            report[name] = {
+                "steps": bool(np.array_equal(one.particles.steps, eight.particles.steps)),
+                "ancestors": bool(np.array_equal(one.ancestors, eight.ancestors)),
+                "resampled": int(np.asarray(eight.resampled).sum()),
+                "weights": float(np.abs(np.asarray(one.log_weights) - np.asarray(eight.log_weights)).max()),
+                "pool": [len(leaf.sharding.device_set) == 8 and leaf.sharding.is_fully_replicated
+                         for leaf in jax.tree.leaves(eight.pool)],
+            }
+        print(json.dumps(report))
+        """
+    )
+    for name, report in out.items():
+        assert report["steps"] and report["ancestors"] and report["resampled"] > 0, (name, report)
+        assert report["weights"] < 1e-4 and all(report["pool"]), (name, report)
 
 
 def test_memory_plan_shrinks_a_paged_pool_until_one_problem_fits(tmp_path, capsys):

@@ -200,7 +200,7 @@ def test_route_plan_lists_what_each_device_lacks():
 def test_model_parallel_weights_give_the_same_answers():
     """`--mesh particles=4,model=2`: the shipped LM's and PRM's heads and MLP units split over 2 devices, the
     particles over 4: the same traces, weights and answers as one device, for the same key (the PRM reading
-    its steps in chunks, as it does real steps)."""
+    its steps in chunks, as it does real steps), with contiguous and with paged caches."""
     out = run_on_8_devices(
         """
         import json, jax, numpy as np
@@ -214,11 +214,12 @@ def test_model_parallel_weights_give_the_same_answers():
         problems = task.generate(EVAL_SEED, 2)
         mesh = parse_mesh("particles=4,model=2")
         report = {}
-        for name, kwargs in (("one", {}), ("mesh", {"mesh": mesh})):
+        for name, kwargs, cache in (("one", {}, "contiguous"), ("mesh", {"mesh": mesh}, "contiguous"),
+                                    ("mesh_paged", {"mesh": mesh}, "paged")):
             lm, tokenizer, prm = load_models(task)
             prm.step_chunk = 8  # its steps (20 tokens and a tag) are read in chunks: a loop over sharded caches
             solver = Solver(task, lm, tokenizer, prm, **kwargs)
-            (_, result, _), = solver.runs(problems, SearchSpec("pf", 8))
+            (_, result, _), = solver.runs(problems, SearchSpec("pf", 8, cache=cache))
             report[name] = {"texts": [solver.particle_texts(result, row) for row in range(2)],
                             "log_weights": np.asarray(result.log_weights).tolist()}
         kernel = solver.lm.layers[0].self_attn.q_proj.kernel.get_value()
@@ -235,8 +236,9 @@ def test_model_parallel_weights_give_the_same_answers():
     )
     assert out["split"] == [None, "model"]
     assert "6 units, not divisible over the 4 devices of mesh axis 'model'" in out["error"]
-    assert out["mesh"]["texts"] == out["one"]["texts"]
-    np.testing.assert_allclose(out["mesh"]["log_weights"], out["one"]["log_weights"], rtol=1e-5, atol=1e-5)
+    for name in ("mesh", "mesh_paged"):
+        assert out[name]["texts"] == out["one"]["texts"]
+        np.testing.assert_allclose(out[name]["log_weights"], out["one"]["log_weights"], rtol=1e-5, atol=1e-5)
 
 
 def test_mesh_flag_errors_are_one_line():
