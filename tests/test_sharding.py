@@ -222,6 +222,11 @@ def test_model_parallel_weights_give_the_same_answers():
             (_, result, _), = solver.runs(problems, SearchSpec("pf", 8, cache=cache))
             report[name] = {"texts": [solver.particle_texts(result, row) for row in range(2)],
                             "log_weights": np.asarray(result.log_weights).tolist()}
+        import argparse
+        from ppl.commands.solve import _spec
+        flags = dict(method="pf", particles=8, form="bernoulli", schedule="ess", lookahead=False, cache=None)
+        report["default_cache"] = [_spec(argparse.Namespace(mesh=mesh, **flags), "paged").cache
+                                   for mesh in (None, "particles=1,model=8", "particles=4,model=2")]
         kernel = solver.lm.layers[0].self_attn.q_proj.kernel.get_value()
         report["split"] = list(kernel.sharding.spec)
         from models.llama import Config, random_init, shard_weights
@@ -235,6 +240,7 @@ def test_model_parallel_weights_give_the_same_answers():
         """
     )
     assert out["split"] == [None, "model"]
+    assert out["default_cache"] == ["paged", "paged", "contiguous"]  # the pool is whole on every device
     assert "6 units, not divisible over the 4 devices of mesh axis 'model'" in out["error"]
     for name in ("mesh", "mesh_paged"):
         assert out[name]["texts"] == out["one"]["texts"]

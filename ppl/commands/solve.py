@@ -53,9 +53,9 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or compile messages on stderr")
     parser.add_argument("--cache", choices=CACHES,
                         help="KV caches: 'paged' keeps them in pages the particles share (resampling copies page "
-                             "tables, not keys and values; over a --mesh every device holds every page). "
-                             "Default: paged for `ppl solve` "
-                             "(long traces) where it runs, contiguous for the shipped tasks' short ones")
+                             "tables, not keys and values; over a --mesh every device holds the whole pool). "
+                             "Default: paged for `ppl solve` (long traces) unless the particles are split over "
+                             "devices, contiguous for the shipped tasks' short ones")
     parser.add_argument("--mesh", metavar="particles=P,model=M",
                         help="spread the run over every device: particles over P of them, the LM's and PRM's "
                         "weights (attention heads, MLP units) over M; P x M must be the device count")
@@ -198,7 +198,8 @@ def run_free_text(args: argparse.Namespace) -> int:
 
 
 def _spec(args: argparse.Namespace, default_cache: str) -> Any:
-    """The search spec of the arguments; without `--cache`, `default_cache`."""
+    """The search spec of the arguments; without `--cache`, `default_cache`, but contiguous caches when the
+    particles are split over devices (a paged run holds its whole pool on every device)."""
     from ppl.search import SearchSpec
 
     if args.particles < 1:
@@ -207,9 +208,10 @@ def _spec(args: argparse.Namespace, default_cache: str) -> Any:
     if mesh is not None and args.particles % mesh.shape["particles"]:
         raise InputError(f"--particles {args.particles} must be a multiple of the mesh's {mesh.shape['particles']} "
                          "particle devices")
+    cache = default_cache if mesh is None or mesh.shape["particles"] == 1 else "contiguous"
     try:
         return SearchSpec(args.method, args.particles, form=args.form, schedule=args.schedule,
-                          lookahead=args.lookahead, mesh=mesh, cache=args.cache or default_cache)
+                          lookahead=args.lookahead, mesh=mesh, cache=args.cache or cache)
     except ValueError as err:
         raise InputError(str(err)) from None
 
