@@ -36,22 +36,30 @@ def aggregate(rewards: Any, valid: Any, how: str = "last") -> Any:
     return jnp.exp(jnp.sum(jnp.where(valid, jnp.log(jnp.clip(rewards, 1e-30, 1.0)), 0.0), axis=-1))
 
 
-def decode_steps(token_bytes: np.ndarray, steps: np.ndarray, lengths: np.ndarray, count: int) -> list[str]:
-    """Text of a trace's first `count` steps (token ids [S, T] read through the byte table), each
+def token_pieces(token_bytes: np.ndarray) -> list[bytes]:
+    """Each token id's bytes: the rows of the stop table's byte table ([V, L], -1 padded) as `bytes`,
+    built once so that reading a trace is a join, not a loop over every byte."""
+    kept = token_bytes >= 0
+    flat = token_bytes[kept].astype(np.uint8).tobytes()
+    ends = np.cumsum(kept.sum(axis=1)).tolist()
+    return [flat[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+def decode_steps(pieces: list[bytes], steps: np.ndarray, lengths: np.ndarray, count: int) -> list[str]:
+    """Text of a trace's first `count` steps (token ids [S, T] read through `token_pieces`), each
     stripped of surrounding whitespace (the delimiter); empty steps are dropped."""
     texts = []
     for s in range(count):
-        ids = steps[s][: lengths[s]]
-        raw = b"".join(bytes(b for b in token_bytes[t] if b >= 0) for t in ids if t != NO_TOKEN)
+        raw = b"".join(pieces[t] for t in steps[s][: lengths[s]].tolist() if t != NO_TOKEN)
         texts.append(raw.decode("utf-8", errors="replace").strip())
     return [t for t in texts if t]
 
 
-def particle_texts(token_bytes: np.ndarray, result: SearchResult, row: int) -> list[list[str]]:
-    """Every particle's steps, as text, for problem `row` of a result."""
+def particle_texts(pieces: list[bytes], result: SearchResult, row: int) -> list[list[str]]:
+    """Every particle's steps, as text, for problem `row` of a result (`pieces`: `token_pieces`)."""
     trace = result.particles
     steps, lengths, counts = trace.steps[row, :, 0], trace.step_lengths[row, :, 0], trace.num_steps[row, :, 0]
-    return [decode_steps(token_bytes, steps[i], lengths[i], int(counts[i])) for i in range(steps.shape[0])]
+    return [decode_steps(pieces, steps[i], lengths[i], int(counts[i])) for i in range(steps.shape[0])]
 
 
 def trace_scores(result: SearchResult, row: int, how: str) -> np.ndarray:
@@ -70,7 +78,7 @@ def collapsed(result: SearchResult, row: int) -> bool:
 def answer_record(
     task: Task,
     problem: Any,
-    token_bytes: np.ndarray,
+    pieces: list[bytes],
     result: SearchResult,
     row: int,
     method: str,
@@ -85,7 +93,7 @@ def answer_record(
     keeps no genealogy and has no such field).
     `aggregation` overrides the method's PRM aggregation (`last`, `min`, `prod`)."""
     rule, how = SELECTION[method]
-    texts = particle_texts(token_bytes, result, row)
+    texts = particle_texts(pieces, result, row)
     answers = [task.answer(problem, t) for t in texts]
     if task.classes is not None:
         answers = task.classes(answers)

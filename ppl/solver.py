@@ -126,6 +126,7 @@ class Solver:
         delimiters = () if task.step_delimiter is None else (task.step_delimiter,)
         self.stops = stop_table(tokenizer, delimiters, eos_ids)
         self.token_bytes = jax.device_get(self.stops.token_bytes)
+        self.token_pieces = readout.token_pieces(self.token_bytes)
         self.verifier = prm if isinstance(prm, Verifier) else None
         self.prm = prm.build(self.stops.token_bytes) if self.verifier else prm
         self.prm_prompt, self.prm_tokenizer = prm_prompt, prm_tokenizer or tokenizer
@@ -213,7 +214,7 @@ class Solver:
             for row, index in enumerate(chunk):
                 for method in methods:
                     record = readout.answer_record(
-                        self.task, problems[index], self.token_bytes, result, row, method, self.aggregation
+                        self.task, problems[index], self.token_pieces, result, row, method, self.aggregation
                     )
                     record.update(particles=spec.particles, seconds=seconds)
                     out[method].append(record)
@@ -310,7 +311,7 @@ class Solver:
 
     def particle_texts(self, result: SearchResult, row: int) -> list[list[str]]:
         """Every particle's steps, as text, for row `row` of a result from `runs`."""
-        return readout.particle_texts(self.token_bytes, result, row)
+        return readout.particle_texts(self.token_pieces, result, row)
 
     def _contexts(self, problems: list[Any]) -> Any:
         """The verifier's initial judge state of each problem, stacked."""

@@ -135,3 +135,15 @@ def test_a_problems_answer_does_not_depend_on_which_problems_share_its_run():
                for rows in (4, 16)]
     assert [r["steps"] for r in records[0]] == [r["steps"] for r in records[1]]
     assert [r["answer"] for r in records[0]] == [r["answer"] for r in records[1]]
+
+
+def test_steps_read_through_token_pieces_join_bytes_split_between_tokens():
+    from ppl import readout
+
+    # ids 0..3: "ab", the two bytes of "é" apart, "\n"; -1 pads the byte table's rows
+    token_bytes = np.array([[97, 98], [0xC3, -1], [0xA9, -1], [10, -1]])
+    pieces = readout.token_pieces(token_bytes)
+    assert pieces == [b"ab", b"\xc3", b"\xa9", b"\n"]
+    steps = np.array([[0, 1, 2, 3], [3, -1, -1, -1], [0, 0, 0, 0]])  # -1: no token (past a step's length)
+    assert readout.decode_steps(pieces, steps, np.array([4, 1, 2]), 3) == ["abé", "abab"]  # "\n" alone: dropped
+    assert readout.decode_steps(pieces, steps, np.array([2, 1, 4]), 1) == ["ab\ufffd"]  # a cut character
