@@ -14,10 +14,12 @@ Two workloads, each run both ways in one process, same key:
   sweeps record every step's particles: the compiled chain's memory by XLA's accounting (arguments,
   outputs and temporaries) and wall time (best of runs in turns), and whether the references agree.
 * Countdown: the shipped LM and learned PRM through the `Solver`, pf at each N, `--problems` held-out
-  problems: seconds per problem (compile excluded) and whether every answer and token count agree.
+  problems, at each of `--countdown-rows` particle rows per run (the Solver's default, 1024, then more):
+  seconds per problem (compile excluded) and whether every answer and token count agree.
 
     python benchmarks/paged.py [--particles 16,64,256] [--steps 40] [--step-tokens 16] [--page-size 8]
-        [--pg 4,16] [--pg-sweeps 4] [--countdown 16,64] [--problems 32] [--out benchmarks/results/paged.json]
+        [--pg 4,16] [--pg-sweeps 4] [--countdown 16,64] [--problems 32]
+        [--countdown-rows 1024,2048] [--out benchmarks/results/paged.json]
 
 Float rounding: paged attention sums the same terms in another order, so a draw that lands within
 rounding of a token boundary can differ; "agree to step" is the first step of the step-by-step runs
@@ -40,6 +42,7 @@ from models.llama import Config, random_init
 from models.prm import PRM
 from models.sampling import SamplingParams, stop_table_from_bytes
 from ppl import reasoning
+from ppl.batching import PARTICLE_ROWS
 from ppl.search import reasoning_program
 from ppl.solver import peak_bytes
 
@@ -152,7 +155,7 @@ def particle_gibbs(per_sweep: int, sweeps: int, steps: int, step_tokens: int, pa
     return row
 
 
-def countdown(particles: list[int], problems: int) -> list[dict]:
+def countdown(particles: list[int], problems: int, rows: int) -> list[dict]:
     if not particles:
         return []
     from ppl.commands.shipped import load_models
@@ -162,10 +165,10 @@ def countdown(particles: list[int], problems: int) -> list[dict]:
 
     task = TASKS["countdown"]
     items = task.generate(task.eval_seed, problems)
-    solver = Solver(task, *load_models(task, "learned"), batch_rows=max(particles) * problems)
-    rows = []
+    solver = Solver(task, *load_models(task, "learned"), batch_rows=rows)
+    out_rows = []
     for n in particles:
-        row: dict = {"particles": n, "problems": problems}
+        row: dict = {"particles": n, "problems": problems, "batch_rows": rows}
         out, specs = {}, {cache: SearchSpec("pf", n, cache=cache) for cache in ("contiguous", "paged")}
         for spec in specs.values():
             solver.solve(items, spec)  # compile
@@ -180,8 +183,8 @@ def countdown(particles: list[int], problems: int) -> list[dict]:
         same = lambda key, out=out: [r[key] for r in out["contiguous"]] == [r[key] for r in out["paged"]]
         row["same_answers"], row["same_tokens"] = same("answer"), same("tokens")
         row["slowdown"] = row["paged_seconds_per_problem"] / row["contiguous_seconds_per_problem"]
-        rows.append(row)
-    return rows
+        out_rows.append(row)
+    return out_rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pg-sweeps", type=int, default=4)
     parser.add_argument("--countdown", default="16,64", help="pf budgets on Countdown ('' to skip)")
     parser.add_argument("--problems", type=int, default=32)
+    parser.add_argument("--countdown-rows", default=f"{PARTICLE_ROWS},2048",
+                        help="particle rows per run (the Solver's batch_rows; its default first)")
     parser.add_argument("--out", default="benchmarks/results/paged.json")
     args = parser.parse_args(argv)
     began = time.perf_counter()
@@ -206,7 +211,9 @@ def main(argv: list[str] | None = None) -> dict:
     for n in (int(x) for x in args.pg.split(",") if x):
         pg_rows.append(particle_gibbs(n, args.pg_sweeps, args.steps, args.step_tokens, args.page_size, args.repeats))
         print(pg_rows[-1], flush=True)
-    countdown_rows = countdown([int(x) for x in args.countdown.split(",") if x], args.problems)
+    budgets = [int(x) for x in args.countdown.split(",") if x]
+    countdown_rows = [row for rows in args.countdown_rows.split(",") for row in countdown(budgets, args.problems,
+                                                                                          int(rows))]
     result = {"long_traces": long_rows, "particle_gibbs": pg_rows, "countdown": countdown_rows,
               "seconds_total": time.perf_counter() - began,
               "device": str(jax.devices()[0].device_kind), "command": "python benchmarks/paged.py "
@@ -231,9 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{r['slowdown']:>7.2f}{str(r['same_references']):>11}")
     if countdown_rows:
         print(f"\nCountdown pf, shipped pair ({args.problems} problems; seconds per problem)")
-        print(f"{'N':>5}{'contiguous':>12}{'paged':>9}{'ratio':>7}{'same answers':>14}{'accuracy':>10}")
+        print(f"{'N':>5}{'rows':>6}{'contiguous':>12}{'paged':>9}{'ratio':>7}{'same answers':>14}{'accuracy':>10}")
         for r in countdown_rows:
-            print(f"{r['particles']:>5}{r['contiguous_seconds_per_problem']:>12.4f}"
+            print(f"{r['particles']:>5}{r['batch_rows']:>6}{r['contiguous_seconds_per_problem']:>12.4f}"
                   f"{r['paged_seconds_per_problem']:>9.4f}{r['slowdown']:>7.2f}"
                   f"{str(r['same_answers'] and r['same_tokens']):>14}{r['paged_accuracy']:>10.3f}")
     print(f"wrote {write_json(args.out, result)}")

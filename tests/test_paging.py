@@ -143,6 +143,43 @@ def test_paged_lm_with_a_judge_without_cache():
     assert paged.pool.judge is None
 
 
+@pytest.mark.parametrize("form", ["bernoulli", "twist"])
+def test_paged_caches_run_the_contiguous_particles_of_the_enumeration_test(form):
+    """`test_reasoning`'s model, whose posterior over sequences is enumerated: 200 vmapped runs of 16 particles
+    give the same particles, weights and evidence paged as contiguous, for the same keys, and their weighted
+    particles approach the enumerated posterior."""
+    import test_reasoning as enumerated
+
+    vocab, steps, params, prompt = enumerated.VOCAB, enumerated.STEPS, enumerated.PARAMS, enumerated.PROMPT
+    config = Config(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                    num_kv_heads=1, head_dim=8)
+    lm = random_init(config, seed=1, scale=0.6)
+    prm = enumerated.TablePRM(jnp.asarray(np.random.default_rng(0).uniform(0.05, 1.0, (vocab, vocab)), jnp.float32))
+    lm_state, _ = reasoning.prefill_prompt(lm, prm, prompt, prompt.shape[1])
+    keys = jax.random.split(jax.random.key(0), 200)
+    runs = {}
+    for cache in ("contiguous", "paged"):
+        pager = reasoning.Paging(steps, params.max_tokens, None, page_size=1) if cache == "paged" else None
+        program = reasoning_program(params, enumerated.STOPS, steps, form, paging=pager)
+        smc = SMC(program, 16, "systematic", 1.0)  # resampling at every step
+        run_all = jax.vmap(lambda key, smc=smc: smc.run_unchecked(key, lm_state, prompt[:, -1], lm, prm))
+        runs[cache] = jax.jit(run_all)(keys)
+    contiguous, paged = runs["contiguous"], runs["paged"]
+    np.testing.assert_array_equal(contiguous.particles.steps, paged.particles.steps)
+    np.testing.assert_array_equal(contiguous.ancestors, paged.ancestors)
+    np.testing.assert_allclose(contiguous.log_weights, paged.log_weights, atol=1e-5)
+    np.testing.assert_allclose(contiguous.log_evidence, paged.log_evidence, atol=1e-5)
+    assert np.asarray(paged.resampled).any() and not np.asarray(paged.pool.exhausted).any()
+    seqs, exact, _ = enumerated.exact_posterior(lm, prm.table, form)
+    index = {tuple(seq): i for i, seq in enumerate(seqs.tolist())}
+    weights = np.asarray(jax.nn.softmax(paged.log_weights, axis=-1)) / len(keys)
+    mass = np.zeros(len(seqs))
+    for tokens, weight in zip(np.asarray(paged.particles.steps[:, :, 0, :, 0]).reshape(-1, steps), weights.reshape(-1),
+                              strict=True):
+        mass[index[tuple(tokens.tolist())]] += weight
+    assert 0.5 * np.abs(mass - exact).sum() < 0.1
+
+
 def test_resampled_particles_share_pages_and_carry_no_keys():
     """Between steps a paged particle holds page tables and token records, no keys or values; descendants of
     one particle refer to its pages, so the pages alive are fewer than N copies of every trace."""
