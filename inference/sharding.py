@@ -1,9 +1,12 @@
 """Particles spread over a device mesh, with global or island resampling.
 
 Placement is JAX's own sharding: the leading (particle) axis of every leaf of the particle state
-is sharded over one axis of a ``jax.sharding.Mesh``; weights, ancestors and the program's
-arguments (LM weights, prompt cache) are replicated. The program is the same SPMD program on one
-device or many, so the same key gives the same particles either way.
+is sharded over one axis of a ``jax.sharding.Mesh``, its other axes left to XLA's sharding
+propagation (over a ``model`` axis that splits the weights, KV caches end up split by head like the
+projections that write them); ancestors and the program's arguments are placed as given (weights
+replicated or split over ``model``), and a paged run's pool is whole on every particle device. The
+program is the same SPMD program on one device or many, so the same key gives the same particles
+either way.
 
 * Global resampling (default): every particle competes with every other. Only the N log-weights
   are gathered to decide; the particles a device needs from others move in the resampling gather,
@@ -65,19 +68,24 @@ class ParticlePlacement:
         self.sharded = NamedSharding(mesh, PartitionSpec(axis))
 
     def constrain(self, particles: Any) -> Any:
-        """Pin every leaf with a leading particle axis to the sharded layout (inside jit); a ``Swarm``'s pool
-        is replicated: every device holds every page, so resampling moves page tables only."""
+        """Pin every leaf with a leading particle axis to the particle axis (inside jit), leaving its other axes
+        to XLA (which splits KV caches by head over a ``model`` axis, like the projections that write them). A
+        ``Swarm``'s pool is whole on every particle device, so resampling moves page tables only."""
         if isinstance(particles, Swarm):
-            replicated = NamedSharding(self.mesh, PartitionSpec())
-            pool = jax.tree.map(lambda leaf: jax.lax.with_sharding_constraint(leaf, replicated), particles.pool)
+            pool = jax.tree.map(lambda leaf: self._pin(leaf, None), particles.pool)
             return Swarm(self.constrain(particles.particles), pool)
+        return jax.tree.map(
+            lambda leaf: self._pin(leaf, self.axis) if jnp.ndim(leaf) and leaf.shape[0] == self.num_particles
+            else leaf,
+            particles,
+        )
 
-        def pin(leaf):
-            if jnp.ndim(leaf) and leaf.shape[0] == self.num_particles:
-                return jax.lax.with_sharding_constraint(leaf, self.sharded)
-            return leaf
-
-        return jax.tree.map(pin, particles)
+    def _pin(self, leaf: Array, first: str | None) -> Array:
+        """``leaf`` with its leading axis over mesh axis ``first`` (None: on every device), the rest unconstrained."""
+        if not jnp.ndim(leaf):
+            return jax.lax.with_sharding_constraint(leaf, NamedSharding(self.mesh, PartitionSpec()))
+        spec = PartitionSpec(first, *(PartitionSpec.UNCONSTRAINED,) * (jnp.ndim(leaf) - 1))
+        return jax.lax.with_sharding_constraint(leaf, NamedSharding(self.mesh, spec))
 
 
 def island_resampler(

@@ -13,7 +13,7 @@ from inference import SMC, ParticleGibbs
 from inference.entropic import Entropic
 from inference.pmcmc import Reference
 from models import paging
-from models.llama import Config, KVCache, random_init
+from models.llama import Config, KVCache, random_init, shard_weights
 from models.prm import PRM
 from models.sampling import SamplingParams, stop_table_from_bytes
 from ppl import reasoning
@@ -88,6 +88,8 @@ def test_commit_reuses_the_pages_no_table_refers_to():
 
 def run(strategy, threshold, paged, judge="prm", pages=None, seed=3, step_chunk=None, mesh=None):
     lm, prm = models()
+    if mesh is not None and "model" in mesh.axis_names:
+        lm, prm = shard_weights(lm, mesh), shard_weights(prm, mesh)
     prm.step_chunk = step_chunk
     lm_state, judge_state = reasoning.prefill_prompt(lm, prm, PROMPT, PROMPT.shape[1])
     if judge != "prm":  # a verifier-like judge: no cache, nothing to page
@@ -265,8 +267,9 @@ def test_paged_ppl_solve_on_a_tiny_qwen_pair(tmp_path, capsys):
 
 
 def test_paged_caches_over_8_devices_run_the_one_device_particles():
-    """Particles sharded over a mesh, every device holding the whole (replicated) pool: global and routed
-    resampling give the one-device run's steps and ancestors, and the pool stays replicated."""
+    """Particles sharded over a mesh, every particle device holding the whole pool: global and routed
+    resampling give the one-device run's steps and ancestors. With the weights split over a `model` axis too,
+    both caches are split over it (not whole on every device) and the particles are still the same."""
     from test_sharding import run_on_8_devices
 
     out = run_on_8_devices(
@@ -276,25 +279,32 @@ def test_paged_caches_over_8_devices_run_the_one_device_particles():
         from inference import Routed
         from test_paging import run
 
+        def same(one, eight):
+            return {"steps": bool(np.array_equal(one.particles.steps, eight.particles.steps)),
+                    "ancestors": bool(np.array_equal(one.ancestors, eight.ancestors)),
+                    "resampled": int(np.asarray(eight.resampled).sum()),
+                    "weights": float(np.abs(np.asarray(one.log_weights) - np.asarray(eight.log_weights)).max())}
+
         mesh = Mesh(np.array(jax.devices()), ("particles",))
         one = run("systematic", 1.0, True)  # routed resampling is the same resampling, its gather moved another way
         report = {}
         for name, strategy in (("global", "systematic"), ("routed", Routed(2))):
             eight = run(strategy, 1.0, True, mesh=mesh)
-            report[name] = {
-                "steps": bool(np.array_equal(one.particles.steps, eight.particles.steps)),
-                "ancestors": bool(np.array_equal(one.ancestors, eight.ancestors)),
-                "resampled": int(np.asarray(eight.resampled).sum()),
-                "weights": float(np.abs(np.asarray(one.log_weights) - np.asarray(eight.log_weights)).max()),
-                "pool": [len(leaf.sharding.device_set) == 8 and leaf.sharding.is_fully_replicated
-                         for leaf in jax.tree.leaves(eight.pool)],
-            }
+            report[name] = same(one, eight) | {"whole": all(
+                len(leaf.sharding.device_set) == 8 and leaf.sharding.is_fully_replicated
+                for leaf in jax.tree.leaves(eight.pool))}
+        split = Mesh(np.array(jax.devices()).reshape(4, 2), ("particles", "model"))
+        for paged in (False, True):
+            eight = run("systematic", 1.0, paged, mesh=split)
+            keys = eight.pool.lm.k[0] if paged else eight.particles.lm.cache.k[0]
+            report[f"split, paged={paged}"] = same(run("systematic", 1.0, paged), eight) | {
+                "whole": "model" not in str(keys.sharding.spec)}
         print(json.dumps(report))
         """
     )
     for name, report in out.items():
         assert report["steps"] and report["ancestors"] and report["resampled"] > 0, (name, report)
-        assert report["weights"] < 1e-4 and all(report["pool"]), (name, report)
+        assert report["weights"] < 1e-4 and report["whole"] == (not name.startswith("split")), (name, report)
 
 
 def test_memory_plan_shrinks_a_paged_pool_until_one_problem_fits(tmp_path, capsys):
