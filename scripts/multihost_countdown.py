@@ -36,7 +36,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--islands", action="store_true", help="one resampling island per particle group")
     parser.add_argument("--model", type=int, default=1, help="devices each model's weights are split over")
     parser.add_argument("--cache", choices=("contiguous", "paged"), default="contiguous",
-                        help="KV caches; paged: every device holds the whole page pool")
+                        help="KV caches; paged: each particle group holds the whole page pool")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--coordinator", help="HOST:PORT of process 0 (auto-detected on TPU and SLURM)")

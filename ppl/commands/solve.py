@@ -53,7 +53,7 @@ def _search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or compile messages on stderr")
     parser.add_argument("--cache", choices=CACHES,
                         help="KV caches: 'paged' keeps them in pages the particles share (resampling copies page "
-                             "tables, not keys and values; over a --mesh every device holds the whole pool). "
+                             "tables, not keys and values; over a --mesh each particle device holds the whole pool). "
                              "Default: paged for `ppl solve` (long traces) unless the particles are split over "
                              "devices, contiguous for the shipped tasks' short ones")
     parser.add_argument("--mesh", metavar="particles=P,model=M",
@@ -199,7 +199,7 @@ def run_free_text(args: argparse.Namespace) -> int:
 
 def _spec(args: argparse.Namespace, default_cache: str) -> Any:
     """The search spec of the arguments; without `--cache`, `default_cache`, but contiguous caches when the
-    particles are split over devices (a paged run holds its whole pool on every device)."""
+    particles are split over devices (a paged run holds its whole pool on each particle device)."""
     from ppl.search import SearchSpec
 
     if args.particles < 1:
