@@ -16,6 +16,10 @@ best-of-N) next to plain majority voting on the same samples:
   mix          classify's batch and as many streamed traces beside it: the shipped PRM's recipe (arithmetic
                only here; the shipped one also holds Countdown samples), its curve against compute
 
+`--init DIR` continues a trained PRM instead of starting from the LM (e.g. `--recipes mix --init
+models/shipped/prm --lr 2e-4`: a longer low-learning-rate tail); its curve is drawn after the minutes that
+PRM's model card says its training took.
+
 Data: the shipped LM's temperature-1 samples (`--problems` x 8, labelled by the oracle) and as many
 corrupted traces (`Training.corrupted`), arithmetic only. References, untrained: the shipped PRM, the
 LM's own likelihood of its steps as a score, and simulated PRMs (the exact step labels blurred by Gaussian
@@ -24,12 +28,14 @@ LM's wrong samples get wrong first (a product, a sum, ... or the operands).
 
     python benchmarks/prm_recipes.py [--recipes classify,prefix,generative,stream,mix] [--steps 1500] [--every 500]
                                      [--out benchmarks/results/prm_recipes.json] [--curves EARLIER.json]
+                                     [--init PRM_DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -238,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dev-problems", type=int, default=200)
     parser.add_argument("--samples", type=int, default=16, help="LM samples per dev problem")
     parser.add_argument("--out", default="benchmarks/results/prm_recipes.json")
+    parser.add_argument("--init", default=None, help="a trained PRM directory to continue (default: start from "
+                        "the shipped LM)")
     parser.add_argument("--curves", default=None, help="an earlier run's JSON: draw its recipe curves with this "
                         "run's references (use with --recipes '')")
     args = parser.parse_args(argv)
@@ -284,11 +292,20 @@ def main(argv: list[str] | None = None) -> dict:
                   for p in recipe.draw(task, rng, 2000)]  # its classes' weights
         return recipe.corrupted_batches(tok, rng, args.batch, 0.0, recipe.class_weights(sample))
 
+    start = 0.0
+    if args.init:  # a continuation: its curve starts where the init PRM's training ended
+        card = (Path(args.init) / "README.md").read_text()
+        start = float(re.search(r"training wall time\*\*: ([0-9.]+) min", card).group(1))
     for name in recipes:
-        def save(curve: list[dict], name: str = name) -> None:
-            result["recipes"][name] = curve
+        label = f"{name} from {args.init}" if args.init else name
+
+        def save(curve: list[dict], label: str = label) -> None:
+            for point in curve:
+                point.setdefault("start_minutes", start)
+                point.setdefault("lr", args.lr)
+            result["recipes"][label] = curve
             write_json(args.out, result)
-            print(f"{name} {curve[-1]}", flush=True)
+            print(f"{label} {curve[-1]}", flush=True)
 
         if name == "stream":
             data_batches = streamed()
@@ -298,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
             data_batches = batches(data, rng, args.batch, lm_data)
             if name == "mix":
                 data_batches = recipe.joined(data_batches, streamed())
-        prm = nnx.merge(graphdef, jax.tree.map(jnp.copy, lm_params))
+        prm = load(args.init)[0] if args.init else nnx.merge(graphdef, jax.tree.map(jnp.copy, lm_params))
         rows = 2 * args.batch if name == "mix" else args.batch
         train_curve(prm, data_batches, dev, args, (good, bad), name, save, rows)
     result["total_s"] = time.perf_counter() - began
@@ -314,7 +331,8 @@ def figure(result: dict) -> Figure:
     fig = Figure(figsize=(11, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
     for name, curve in result["recipes"].items():
-        left.plot([p["train_minutes"] for p in curve], [p["within_problem_auc"] for p in curve], marker="o", label=name)
+        left.plot([p.get("start_minutes", 0.0) + p["train_minutes"] for p in curve],
+                  [p["within_problem_auc"] for p in curve], marker="o", label=name)
         right.plot(curve[-1]["within_problem_auc"], curve[-1]["weighted_vote"], marker="o", ls="", label=name)
     for (name, ref), style, marker in zip(result["references"].items(), (":", "-."), "sD", strict=False):
         left.axhline(ref["within_problem_auc"], color="gray", linestyle=style, label=name)
