@@ -294,8 +294,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = 0.0
     if args.init:  # a continuation: its curve starts where the init PRM's training ended
-        card = (Path(args.init) / "README.md").read_text()
-        start = float(re.search(r"training wall time\*\*: ([0-9.]+) min", card).group(1))
+        card = Path(args.init) / "README.md"
+        found = re.search(r"training wall time\*\*: ([0-9.]+) min", card.read_text() if card.exists() else "")
+        if found is None:
+            parser.error(f"--init {args.init}: no model card with its training wall time (a PRM from ppl.train)")
+        start = float(found.group(1))
     for name in recipes:
         label = f"{name} from {args.init}" if args.init else name
 
