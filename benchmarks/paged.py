@@ -9,13 +9,15 @@ Two workloads, each run both ways in one process, same key:
   "moved" is what one resampling gathers: the particles' state, KV caches included (contiguous) or
   page tables and token records (paged), against the contiguous KV caches. Wall time: `SMC.run`,
   compiled first, the best of runs taken in turns (contiguous, paged, contiguous, ...): at least
-  `--repeats`, and as many as fill about 20 s per cache.
+  `--repeats`, and as many as fill about 20 s per cache; "in turns" is the median over turns of the paged
+  run's time over the contiguous run's of the same turn, the ratio least moved by the machine's slow spells.
 * particle Gibbs on the long traces: a chain of `--pg-sweeps` sweeps of P particles (`--pg`), whose
   sweeps record every step's particles: the compiled chain's memory by XLA's accounting (arguments,
   outputs and temporaries) and wall time (best of runs in turns), and whether the references agree.
 * Countdown: the shipped LM and learned PRM through the `Solver`, pf at each N, `--problems` held-out
   problems, at each of `--countdown-rows` particle rows per run (the Solver's default, 1024, then more):
-  seconds per problem (compile excluded) and whether every answer and token count agree.
+  seconds per problem (compile excluded; best of `--repeats` runs in turns, and the median ratio in turns)
+  and whether every answer and token count agree.
 
     python benchmarks/paged.py [--particles 16,64,256] [--steps 40] [--step-tokens 16] [--page-size 8]
         [--pg 4,16] [--pg-sweeps 4] [--countdown 16,64] [--problems 32]
@@ -29,6 +31,7 @@ rounding of a token boundary can differ; "agree to step" is the first step of th
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import jax
@@ -68,17 +71,29 @@ def long_trace_models(step_tokens: int) -> tuple:
     return params, stops, (lm_state, judge, lm, prm)
 
 
-def timed_in_turns(compiled: dict, args: tuple, repeats: int) -> dict:
-    """Best seconds of each compiled run, taken in turns so that a slow spell of the machine falls on all;
-    short runs repeated until each has had about TIMED_SECONDS (the best of 5 half-second runs still wandered
-    by a tenth)."""
-    seconds: dict = {name: [] for name in compiled}
-    while min(len(t) for t in seconds.values()) < repeats or min(sum(t) for t in seconds.values()) < TIMED_SECONDS:
-        for name, run in compiled.items():
-            began = time.perf_counter()
-            jax.block_until_ready(run(jax.random.key(0), *args))
-            seconds[name].append(time.perf_counter() - began)
-    return {name: min(times) for name, times in seconds.items()} | {"timed_runs": len(seconds["paged"])}
+def timed_in_turns(runs: dict, repeats: int, least_seconds: float = TIMED_SECONDS) -> dict:
+    """Seconds of each run (`runs[name]()` returns them), taken in turns so that a slow spell of the machine
+    falls on all; repeated until each has had `repeats` runs and about `least_seconds` (the best of 5
+    half-second runs still wandered by a tenth). Returns each run's best, and the median over turns of the
+    paged run's seconds over the contiguous run's of the same turn (a slow spell moves both of a turn)."""
+    seconds: dict = {name: [] for name in runs}
+    while min(len(t) for t in seconds.values()) < repeats or min(sum(t) for t in seconds.values()) < least_seconds:
+        for name, run in runs.items():
+            seconds[name].append(run())
+    turns = np.asarray(seconds["paged"]) / np.asarray(seconds["contiguous"])
+    return {name: min(times) for name, times in seconds.items()} | {
+        "timed_runs": len(seconds["paged"]), "median_ratio_in_turns": float(np.median(turns))}
+
+
+def wall_seconds(compiled, args: tuple):
+    """A run of `compiled(key, *args)` that returns its wall seconds."""
+
+    def run() -> float:
+        began = time.perf_counter()
+        jax.block_until_ready(compiled(jax.random.key(0), *args))
+        return time.perf_counter() - began
+
+    return run
 
 
 def long_traces(particles: int, steps: int, step_tokens: int, page_size: int, repeats: int) -> dict:
@@ -117,8 +132,9 @@ def long_traces(particles: int, steps: int, step_tokens: int, page_size: int, re
             row["contiguous_kv_bytes"] = nbytes((particles_.lm.cache.k, particles_.lm.cache.v,
                                                  particles_.judge.k, particles_.judge.v))
             row["contiguous_moved_bytes"] = moved
-    best = timed_in_turns(compiled, args, repeats)
-    row |= {"contiguous_seconds": best["contiguous"], "paged_seconds": best["paged"], "timed_runs": best["timed_runs"]}
+    best = timed_in_turns({cache: wall_seconds(run, args) for cache, run in compiled.items()}, repeats)
+    row |= {"contiguous_seconds": best["contiguous"], "paged_seconds": best["paged"], "timed_runs": best["timed_runs"],
+            "median_ratio_in_turns": best["median_ratio_in_turns"]}
     a, b = runs["contiguous"], runs["paged"]
     row["same_steps"] = bool(np.array_equal(a.particles.steps, b.particles.steps))
     row["same_ancestors"] = bool(np.array_equal(a.ancestors, b.ancestors))
@@ -145,8 +161,9 @@ def particle_gibbs(per_sweep: int, sweeps: int, steps: int, step_tokens: int, pa
         compiled[cache] = chain.lower(jax.random.key(0), *args).compile()
         row[f"{cache}_bytes"] = peak_bytes(compiled[cache])
         chains[cache] = jax.block_until_ready(compiled[cache](jax.random.key(0), *args))
-    best = timed_in_turns(compiled, args, repeats)
-    row |= {"contiguous_seconds": best["contiguous"], "paged_seconds": best["paged"], "timed_runs": best["timed_runs"]}
+    best = timed_in_turns({cache: wall_seconds(run, args) for cache, run in compiled.items()}, repeats)
+    row |= {"contiguous_seconds": best["contiguous"], "paged_seconds": best["paged"], "timed_runs": best["timed_runs"],
+            "median_ratio_in_turns": best["median_ratio_in_turns"]}
     a, b = chains["contiguous"], chains["paged"]
     row["same_references"] = bool(np.array_equal(a.particles.steps, b.particles.steps))
     row["reference_steps"] = np.asarray(a.particles.num_steps).ravel().tolist()
@@ -155,7 +172,19 @@ def particle_gibbs(per_sweep: int, sweeps: int, steps: int, step_tokens: int, pa
     return row
 
 
-def countdown(particles: list[int], problems: int, rows: int) -> list[dict]:
+def solver_run(solver, items: list, spec, records: dict, cache: str):
+    """A run of `solver` on `items` that returns its seconds per problem (the solver's timing: compile
+    excluded) and leaves its records in `records[cache]`; run k takes seed k."""
+    seeds = itertools.count()
+
+    def run() -> float:
+        records[cache] = solver.solve(items, spec, seed=next(seeds))
+        return records[cache][0]["seconds"]
+
+    return run
+
+
+def countdown(particles: list[int], problems: int, rows: int, repeats: int) -> list[dict]:
     if not particles:
         return []
     from ppl.commands.shipped import load_models
@@ -172,14 +201,12 @@ def countdown(particles: list[int], problems: int, rows: int) -> list[dict]:
         out, specs = {}, {cache: SearchSpec("pf", n, cache=cache) for cache in ("contiguous", "paged")}
         for spec in specs.values():
             solver.solve(items, spec)  # compile
-        best: dict = {cache: [] for cache in specs}
-        for repeat in range(3):  # in turns, as above
-            for cache, spec in specs.items():
-                out[cache] = solver.solve(items, spec, seed=repeat)
-                best[cache].append(out[cache][0]["seconds"])
+        best = timed_in_turns({cache: solver_run(solver, items, spec, out, cache) for cache, spec in specs.items()},
+                              repeats, 0.0)
         for cache in specs:
-            row[f"{cache}_seconds_per_problem"] = min(best[cache])
+            row[f"{cache}_seconds_per_problem"] = best[cache]
             row[f"{cache}_accuracy"] = float(np.mean([r["correct"] for r in out[cache]]))
+        row["timed_runs"], row["median_ratio_in_turns"] = best["timed_runs"], best["median_ratio_in_turns"]
         same = lambda key, out=out: [r[key] for r in out["contiguous"]] == [r[key] for r in out["paged"]]
         row["same_answers"], row["same_tokens"] = same("answer"), same("tokens")
         row["slowdown"] = row["paged_seconds_per_problem"] / row["contiguous_seconds_per_problem"]
@@ -213,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(pg_rows[-1], flush=True)
     budgets = [int(x) for x in args.countdown.split(",") if x]
     countdown_rows = [row for rows in args.countdown_rows.split(",") for row in countdown(budgets, args.problems,
-                                                                                          int(rows))]
+                                                                                          int(rows), args.repeats)]
     result = {"long_traces": long_rows, "particle_gibbs": pg_rows, "countdown": countdown_rows,
               "seconds_total": time.perf_counter() - began,
               "device": str(jax.devices()[0].device_kind), "command": "python benchmarks/paged.py "
@@ -222,26 +249,27 @@ def main(argv: list[str] | None = None) -> dict:
     if long_rows:
         print(f"\nlong traces ({args.steps} steps x {args.step_tokens} tokens, page {args.page_size}; MiB)")
         print(f"{'N':>5}{'KV contig':>11}{'KV alive':>10}{'alive %':>9}{'moved %':>9}{'KV moved %':>11}"
-              f"{'contig s':>10}{'paged s':>9}{'ratio':>7}{'agree to step':>15}")
+              f"{'contig s':>10}{'paged s':>9}{'ratio':>7}{'in turns':>10}{'agree to step':>15}")
     for r in long_rows:
         print(f"{r['particles']:>5}{r['contiguous_kv_bytes'] / gib:>11.1f}{r['kv_alive_peak_bytes'] / gib:>10.1f}"
               f"{100 * r['kv_alive_fraction']:>9.1f}{100 * r['moved_fraction_of_kv']:>9.2f}"
               f"{100 * r['kv_moved_fraction']:>11.3f}{r['contiguous_seconds']:>10.2f}{r['paged_seconds']:>9.2f}"
-              f"{r['slowdown']:>7.2f}{r['agree_to_step']:>10} of {r['steps']}")
+              f"{r['slowdown']:>7.2f}{r['median_ratio_in_turns']:>10.2f}{r['agree_to_step']:>10} of {r['steps']}")
     if pg_rows:
         print(f"\nparticle Gibbs, {args.pg_sweeps} sweeps of P particles (same traces; compiled memory MiB)")
         print(f"{'P':>5}{'contig MiB':>12}{'paged MiB':>11}{'ratio':>7}{'contig s':>10}{'paged s':>9}{'ratio':>7}"
-              f"{'same refs':>11}")
+              f"{'in turns':>10}{'same refs':>11}")
         for r in pg_rows:
             print(f"{r['per_sweep']:>5}{r['contiguous_bytes'] / gib:>12.1f}{r['paged_bytes'] / gib:>11.1f}"
                   f"{r['memory_ratio']:>7.2f}{r['contiguous_seconds']:>10.2f}{r['paged_seconds']:>9.2f}"
-                  f"{r['slowdown']:>7.2f}{str(r['same_references']):>11}")
+                  f"{r['slowdown']:>7.2f}{r['median_ratio_in_turns']:>10.2f}{str(r['same_references']):>11}")
     if countdown_rows:
         print(f"\nCountdown pf, shipped pair ({args.problems} problems; seconds per problem)")
-        print(f"{'N':>5}{'rows':>6}{'contiguous':>12}{'paged':>9}{'ratio':>7}{'same answers':>14}{'accuracy':>10}")
+        print(f"{'N':>5}{'rows':>6}{'contiguous':>12}{'paged':>9}{'ratio':>7}{'in turns':>10}{'same answers':>14}"
+              f"{'accuracy':>10}")
         for r in countdown_rows:
             print(f"{r['particles']:>5}{r['batch_rows']:>6}{r['contiguous_seconds_per_problem']:>12.4f}"
-                  f"{r['paged_seconds_per_problem']:>9.4f}{r['slowdown']:>7.2f}"
+                  f"{r['paged_seconds_per_problem']:>9.4f}{r['slowdown']:>7.2f}{r['median_ratio_in_turns']:>10.2f}"
                   f"{str(r['same_answers'] and r['same_tokens']):>14}{r['paged_accuracy']:>10.3f}")
     print(f"wrote {write_json(args.out, result)}")
     return result
