@@ -49,7 +49,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if args.cpu_devices:  # before JAX starts
-        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.cpu_devices}"
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.cpu_devices}"
+        os.environ["XLA_FLAGS"] = flags.strip()
         os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
     import numpy as np
