@@ -129,7 +129,7 @@ def prefix_parts(prefix: Any) -> tuple:
 
 class PrefixChoice(NamedTuple):
     """A prefix read as `options[index]` (`index` unbatched, a `lax.switch`): e.g. a paged context read only up
-    to the pages its rows have filled (`models.paging.PagedContext.narrowed`)."""
+    to the pages its rows have filled (`models.paging.PagedContext.narrowed`; an option None: not read)."""
 
     index: jax.Array
     options: tuple
@@ -447,10 +447,11 @@ class Llama(nnx.Module):
             sizes = read_sizes(cache.capacity)
             filled = most(cache.length + jnp.sum(mask, axis=1, dtype=jnp.int32))
             reach = (jnp.searchsorted(jnp.asarray(sizes), filled), sizes, filled)
-            for i, part in enumerate(parts):  # a paged part reads only the pages its rows filled
+            for i, part in enumerate(parts):  # a paged part reads only the pages its rows filled (None: none)
                 if hasattr(part, "narrowed"):
                     choice = part.narrowed()
-                    options = tuple((*parts[:i], option, *parts[i + 1 :]) for option in choice.options)
+                    options = tuple((*parts[:i], *([] if option is None else [option]), *parts[i + 1 :])
+                                    for option in choice.options)
                     prefix = PrefixChoice(choice.index, options)
         x = self.embed_tokens(jnp.where(mask, tokens, 0))
         k, v = list(cache.k), list(cache.v)
