@@ -89,11 +89,10 @@ class PagedContext(NamedTuple):
 
     def narrowed(self) -> PrefixChoice:
         """This context read only up to a power of two of pages that holds every row's (every vmapped row's),
-        or not at all while no row has any (a trace's first step: reading even two empty pages per token
-        and layer cost Countdown's paged pf a tenth of its time)."""
-        widths = (0, *read_sizes(self.pages.shape[1], smallest=2))
-        index = jnp.searchsorted(jnp.asarray(widths), most(self.count))
-        return PrefixChoice(index, (None, *(self._replace(pages=self.pages[:, :width]) for width in widths[1:])))
+        or not at all (option None) while no row has a page: a trace's first step gathers no empty pages."""
+        widths = read_sizes(self.pages.shape[1], smallest=2)
+        index = jnp.searchsorted(jnp.asarray((0, *widths)), most(self.count))
+        return PrefixChoice(index, (None, *(self._replace(pages=self.pages[:, :width]) for width in widths)))
 
     def next_position(self) -> jax.Array:
         """RoPE position the next token of each row takes after its context."""

@@ -29,7 +29,7 @@ TESTS = Path(__file__).parent
 def run_on_8_devices(code: str) -> dict:
     """Run ``code`` (which prints one JSON line last) under 8 simulated CPU devices."""
     # LLVM's optimisations off: these runs compare programs with each other and spend their time compiling them
-    # (a third less without them); the NUTS-heavy tests elsewhere run slower so, and keep the default
+    # (the NUTS-heavy tests elsewhere run slower so, and keep the default)
     flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     prelude = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
